@@ -1,0 +1,284 @@
+"""Typed, frozen configuration for one trial.
+
+A trial's configuration is a flat ``dict`` (what Ray Tune and Optuna hand around). It becomes typed
+dataclasses in exactly one place, :func:`TrialConfig.from_dict`, which rejects unknown keys and
+out-of-range values with a :class:`ConfigError` naming the field and what is allowed.
+
+Every field name is unique across the sections, so the flat key is simply the field name
+(``lr``, ``rho``, ``dense_epochs`` ...). Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+ARCHS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
+DATASETS = ("cifar10", "digits", "synthetic")
+METHODS = ("admm", "magnitude")
+SPARSITY_SETS = ("uniform", "global", "nm")
+MAGNITUDE_SCHEDULES = ("per_step", "one_shot", "gradual")
+OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
+INTERVAL_UNITS = ("epoch", "step")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. ``field`` names the offending key."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(name, f"{value!r} is not one of {', '.join(allowed)}")
+
+
+def _range(name: str, value: Any, lo: float, hi: float, *, lo_open=False, hi_open=False, kind=float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+        raise ConfigError(name, f"{value!r} is not {'an integer' if kind is int else 'a number'}")
+    if not math.isfinite(value):
+        raise ConfigError(name, f"{value!r} is not finite")
+    bad_lo = value <= lo if lo_open else value < lo
+    bad_hi = value >= hi if hi_open else value > hi
+    if bad_lo or bad_hi:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        raise ConfigError(name, f"{value!r} is outside the allowed range {left}{lo}, {hi}{right}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "digits"
+    data_dir: str | None = None  # a folder holding cifar-10-batches-py; None: download into the cache
+    cache_dir: str | None = None  # where cifar10 is downloaded; None: ~/.cache/prunesweep
+    val_fraction: float = 0.1  # carved from the training split, seeded by split_seed
+    split_seed: int = 0  # independent of the trial seed so every trial sees the same validation set
+    batch_size: int = 128  # images per optimizer step
+    augment: bool = True  # random crop (pad 4) + horizontal flip, batched on the trial's device
+    synthetic_train: int = 2048  # synthetic dataset sizes (images)
+    synthetic_test: int = 512
+    limit_train: int | None = None  # keep only the first N training images (smoke runs, tests)
+
+    def validate(self) -> None:
+        _choice("dataset", self.dataset, DATASETS)
+        _range("val_fraction", self.val_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
+        _range("split_seed", self.split_seed, 0, 2**31 - 1, kind=int)
+        _range("batch_size", self.batch_size, 1, 65536, kind=int)
+        _range("synthetic_train", self.synthetic_train, 20, 10_000_000, kind=int)
+        _range("synthetic_test", self.synthetic_test, 10, 10_000_000, kind=int)
+        if self.limit_train is not None:
+            _range("limit_train", self.limit_train, 20, 10_000_000, kind=int)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "mobilenet_v2"
+    width: float = 1.0  # torchvision's width_mult; tests use small values such as 0.25
+    num_classes: int = 10
+
+    def validate(self) -> None:
+        _choice("arch", self.arch, ARCHS)
+        _range("width", self.width, 0.0, 4.0, lo_open=True)
+        _range("num_classes", self.num_classes, 2, 100_000, kind=int)
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    """The dense recipe. Its hash keys the shared dense checkpoint, so both methods start from it."""
+
+    dense_epochs: int = 10
+    dense_optimizer: str = "sgd"
+    dense_lr: float = 0.05  # SGD lr per batch of `batch_size` images
+    dense_weight_decay: float = 5e-4
+    dense_lr_schedule: str = "cosine"
+
+    def validate(self) -> None:
+        _range("dense_epochs", self.dense_epochs, 0, 10_000, kind=int)
+        _choice("dense_optimizer", self.dense_optimizer, OPTIMIZERS)
+        _range("dense_lr", self.dense_lr, 0.0, 10.0, lo_open=True)
+        _range("dense_weight_decay", self.dense_weight_decay, 0.0, 1.0)
+        _choice("dense_lr_schedule", self.dense_lr_schedule, LR_SCHEDULES)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    method: str = "admm"
+    sparsity: float = 0.5  # fraction of prunable weights set to zero, in [0, 1)
+    sparsity_set: str = "uniform"  # uniform per layer | global magnitude | nm (N:M)
+    nm_n: int = 2  # N:M keeps n of every m consecutive weights along the input dimension
+    nm_m: int = 4
+    prune_first_conv: bool = False  # the stem conv has few weights and much influence: dense by default
+    schedule: str = "per_step"  # magnitude only: per_step | one_shot | gradual (Zhu & Gupta 2017)
+    gradual_interval: int = 1  # magnitude gradual: raise sparsity every N optimizer steps
+    rho: float = 0.01  # ADMM penalty weight (seed: 0.01)
+    rho_growth: float = 1.0  # rho <- min(rho * rho_growth, rho_max) after each Z/U update
+    rho_max: float = 1.0
+    admm_interval: int = 1  # Z/U update every admm_interval `admm_interval_unit`s
+    admm_interval_unit: str = "epoch"
+
+    def validate(self) -> None:
+        _choice("method", self.method, METHODS)
+        _range("sparsity", self.sparsity, 0.0, 1.0, hi_open=True)
+        _choice("sparsity_set", self.sparsity_set, SPARSITY_SETS)
+        _range("nm_m", self.nm_m, 1, 64, kind=int)
+        _range("nm_n", self.nm_n, 1, self.nm_m, kind=int)
+        _choice("schedule", self.schedule, MAGNITUDE_SCHEDULES)
+        _range("gradual_interval", self.gradual_interval, 1, 1_000_000, kind=int)
+        _range("rho", self.rho, 0.0, 1e4, lo_open=True)
+        _range("rho_growth", self.rho_growth, 1.0, 100.0)
+        _range("rho_max", self.rho_max, self.rho, 1e6)
+        _range("admm_interval", self.admm_interval, 1, 1_000_000, kind=int)
+        _choice("admm_interval_unit", self.admm_interval_unit, INTERVAL_UNITS)
+
+    @property
+    def target_sparsity(self) -> float:
+        """Fraction of prunable weights that are zero at the end (N:M fixes it to 1 - n/m)."""
+        return 1.0 - self.nm_n / self.nm_m if self.sparsity_set == "nm" else self.sparsity
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Recipe of the sparsify and fine-tune phases (the part the sweep tunes)."""
+
+    sparsify_epochs: int = 5
+    finetune_epochs: int = 5
+    optimizer: str = "adam"  # the seed used Adam, lr 1e-3
+    lr: float = 1e-3
+    momentum: float = 0.9  # SGD only (Nesterov)
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # constant | cosine (per phase)
+    finetune_lr_scale: float = 1.0  # fine-tune lr = lr * finetune_lr_scale
+    label_smoothing: float = 0.0
+    bn_recal_batches: int = 50  # training batches used to re-estimate BatchNorm statistics (DESIGN rule 9)
+
+    def validate(self) -> None:
+        _range("sparsify_epochs", self.sparsify_epochs, 0, 10_000, kind=int)
+        _range("finetune_epochs", self.finetune_epochs, 0, 10_000, kind=int)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _range("lr", self.lr, 0.0, 10.0, lo_open=True)
+        _range("momentum", self.momentum, 0.0, 1.0, hi_open=True)
+        _range("weight_decay", self.weight_decay, 0.0, 1.0)
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _range("finetune_lr_scale", self.finetune_lr_scale, 0.0, 100.0, lo_open=True)
+        _range("label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
+        _range("bn_recal_batches", self.bn_recal_batches, 0, 100_000, kind=int)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0  # trial seed: weight init, data order, augmentation
+    device: str = "auto"  # auto: cuda when present, else cpu
+    eval_test: bool = True  # measure test accuracy at dense/pre/post/final (never used for selection)
+    max_threads: int | None = None  # torch intra-op threads; None leaves torch's default
+
+    def validate(self) -> None:
+        _range("seed", self.seed, 0, 2**31 - 1, kind=int)
+        _choice("device", self.device, DEVICES)
+        if self.max_threads is not None:
+            _range("max_threads", self.max_threads, 1, 1024, kind=int)
+
+
+_SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "dense": DenseConfig,
+    "prune": PruneConfig,
+    "train": TrainConfig,
+    "run": RunConfig,
+}
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dense: DenseConfig = field(default_factory=DenseConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @classmethod
+    def from_dict(cls, flat: Mapping[str, Any]) -> "TrialConfig":
+        """Build and validate from a flat dict; unknown keys raise ConfigError naming them."""
+        owner = field_owners()
+        unknown = sorted(k for k in flat if k not in owner)
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown configuration key (known keys: {', '.join(sorted(owner))})")
+        parts: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+        for key, value in flat.items():
+            parts[owner[key]][key] = _coerce(_SECTIONS[owner[key]], key, value)
+        cfg = cls(**{name: _SECTIONS[name](**kw) for name, kw in parts.items()})
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat dict, the inverse of from_dict."""
+        out: dict[str, Any] = {}
+        for name in _SECTIONS:
+            out.update(dataclasses.asdict(getattr(self, name)))
+        return out
+
+    def validate(self) -> None:
+        for name in _SECTIONS:
+            getattr(self, name).validate()
+
+    def dense_key(self) -> str:
+        """Identity of the dense checkpoint: (arch, width, dataset, split, seed, dense recipe).
+
+        Everything that changes the dense weights is in the key, nothing that does not, so the ADMM and
+        the magnitude trial of one (arch, seed, recipe) share one dense model (DESIGN rule 1).
+        """
+        d = self.data
+        ident = {
+            "arch": self.model.arch,
+            "width": self.model.width,
+            "num_classes": self.model.num_classes,
+            "dataset": d.dataset,
+            "data_dir": d.data_dir,
+            "val_fraction": d.val_fraction,
+            "split_seed": d.split_seed,
+            "batch_size": d.batch_size,
+            "augment": d.augment,
+            "synthetic": [d.synthetic_train, d.synthetic_test] if d.dataset == "synthetic" else None,
+            "limit_train": d.limit_train,
+            "seed": self.run.seed,
+            "label_smoothing": self.train.label_smoothing,
+            **dataclasses.asdict(self.dense),
+        }
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+        return f"{self.model.arch}-{d.dataset}-s{self.run.seed}-{digest}"
+
+
+def field_owners() -> dict[str, str]:
+    """Map each flat key to its section name."""
+    owner: dict[str, str] = {}
+    for name, section in _SECTIONS.items():
+        for f in fields(section):
+            assert f.name not in owner, f"duplicate config field {f.name}"
+            owner[f.name] = name
+    return owner
+
+
+def _coerce(section: type, key: str, value: Any) -> Any:
+    """Accept ints for float fields and numpy scalars (Optuna hands those out); reject wrong types."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    ftype = {f.name: f.type for f in fields(section)}[key]
+    if ftype == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if ftype == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if ftype == "bool" and not isinstance(value, bool):
+        raise ConfigError(key, f"{value!r} is not true or false")
+    if ftype == "str" and not isinstance(value, str):
+        raise ConfigError(key, f"{value!r} is not a string")
+    return value

@@ -1,0 +1,199 @@
+"""The results schema: table names, columns, types and version, shared by the writer and the reader.
+
+Imports pyarrow only (never torch or Ray), so ``analysis`` can read results with light dependencies.
+
+Layout inside an experiment folder (hive partitioning, so ``pandas.read_parquet(folder)`` and pyarrow
+datasets read a table whole)::
+
+    results/<table>/arch=<arch>/method=<method>/<trial_id>.parquet
+
+One file per trial per table, written under a hidden temporary name (ignored by pyarrow's dataset
+discovery) and renamed into place, so a reader never sees half a file and a rewrite of the same trial
+replaces its rows instead of duplicating them. ``arch`` and ``method`` live in the path, not in the
+file (hive partition columns come back from the path when the dataset is read).
+
+Accuracies are fractions in [0, 1]. Sparsities are fractions of prunable weights that are zero.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+VERSION_KEY = b"prunesweep.schema_version"
+RESULTS_DIR = "results"
+PARTITION_COLUMNS = ("arch", "method")
+
+STATUSES = ("ok", "diverged", "failed")
+PHASES = ("dense", "sparsify", "finetune")
+STAGES = ("dense", "pre_prune", "post_prune", "final")
+SPLITS = ("val", "test")
+
+_ACCS = ("dense", "pre_prune", "post_prune", "post_prune_stale_bn", "final")
+
+TRIALS = pa.schema(
+    [
+        ("experiment", pa.string()),
+        ("trial_id", pa.string()),
+        ("study", pa.string()),  # Optuna study name, "" outside a sweep
+        ("optuna_trial", pa.int64()),  # Optuna trial number, -1 when none
+        ("space", pa.string()),
+        ("seed", pa.int64()),
+        ("status", pa.string()),  # ok | diverged | failed
+        ("error", pa.string()),  # why a trial failed or diverged, "" when ok
+        ("sparsity_set", pa.string()),
+        ("schedule", pa.string()),  # magnitude schedule, "" for admm
+        ("target_sparsity", pa.float64()),
+        ("lr", pa.float64()),
+        ("rho", pa.float64()),  # NaN for magnitude
+        ("rho_growth", pa.float64()),
+        ("admm_interval", pa.int64()),
+        ("optimizer", pa.string()),
+        ("dense_epochs", pa.int64()),
+        ("sparsify_epochs", pa.int64()),
+        ("finetune_epochs", pa.int64()),
+        ("dense_key", pa.string()),  # identity of the shared dense checkpoint (DESIGN rule 1)
+    ]
+    + [(f"{acc}_{split}_acc", pa.float64()) for acc in _ACCS for split in SPLITS]
+    + [
+        ("achieved_sparsity", pa.float64()),  # measured from the weights, over prunable tensors
+        ("total_params", pa.int64()),  # every parameter of the model
+        ("nonzero_params", pa.int64()),
+        ("prunable_params", pa.int64()),
+        ("prunable_nonzero", pa.int64()),
+        ("dense_macs", pa.int64()),  # multiply-accumulates per image, dense model
+        ("nonzero_macs", pa.int64()),  # ... counting only nonzero weights
+        ("epochs_run", pa.int64()),
+        ("wall_time_s", pa.float64()),
+        ("device", pa.string()),
+        ("config_json", pa.string()),  # the full flat TrialConfig
+        ("provenance_json", pa.string()),  # code version, package versions, host
+    ]
+)
+
+EPOCHS = pa.schema(
+    [
+        ("trial_id", pa.string()),
+        ("seed", pa.int64()),
+        ("phase", pa.string()),  # dense | sparsify | finetune
+        ("epoch", pa.int64()),  # 1-based, counted over all phases
+        ("phase_epoch", pa.int64()),  # 1-based within the phase
+        ("train_loss", pa.float64()),  # mean cross-entropy over the epoch's batches
+        ("objective", pa.float64()),  # train_loss + ADMM penalty (rho/2) sum ||W - Z + U||_F^2
+        ("val_acc", pa.float64()),
+        ("val_loss", pa.float64()),
+        ("lr", pa.float64()),
+        ("density", pa.float64()),  # fraction of prunable weights that are nonzero
+        ("primal_residual", pa.float64()),  # ADMM sum ||W - Z||_F^2 at the last Z/U update, NaN otherwise
+        ("dual_residual", pa.float64()),  # ADMM rho^2 sum ||Z - Z_prev||_F^2, NaN otherwise
+        ("rho", pa.float64()),
+        ("seconds", pa.float64()),
+        ("images_per_s", pa.float64()),
+    ]
+)
+
+LAYERS = pa.schema(
+    [
+        ("trial_id", pa.string()),
+        ("seed", pa.int64()),
+        ("layer", pa.string()),  # parameter name, e.g. features.1.conv.0.0.weight
+        ("kind", pa.string()),  # conv | depthwise | grouped | pointwise | linear
+        ("shape", pa.string()),  # e.g. "32x1x3x3"
+        ("prunable", pa.bool_()),
+        ("numel", pa.int64()),
+        ("nonzero", pa.int64()),
+        ("sparsity", pa.float64()),  # measured from the final weights
+        ("target_sparsity", pa.float64()),
+        ("dense_macs", pa.int64()),
+        ("nonzero_macs", pa.int64()),
+    ]
+)
+
+WEIGHTS = pa.schema(
+    [
+        ("trial_id", pa.string()),
+        ("seed", pa.int64()),
+        ("stage", pa.string()),  # dense | pre_prune | post_prune | final
+        ("bin_lo", pa.float64()),  # histogram of all prunable weights over fixed bins;
+        ("bin_hi", pa.float64()),  # exact zeros are counted in their own row with bin_lo == bin_hi == 0
+        ("count", pa.int64()),
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {"trials": TRIALS, "epochs": EPOCHS, "layers": LAYERS, "weights": WEIGHTS}
+
+# Fixed histogram bins for the weights table, so every trial and stage is comparable.
+HIST_RANGE = (-1.0, 1.0)
+HIST_BINS = 200
+
+
+class SchemaError(ValueError):
+    """A results file does not match this schema (wrong version, missing columns)."""
+
+
+def to_table(name: str, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Build a pyarrow Table for ``name`` from row dicts; missing columns become null, extra keys raise."""
+    schema = TABLES[name]
+    rows = list(rows)
+    extra = sorted({k for r in rows for k in r} - set(schema.names) - set(PARTITION_COLUMNS))
+    if extra:
+        raise SchemaError(f"table {name}: unknown columns {extra}")
+    cols = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    table = pa.Table.from_pydict(cols, schema=schema)
+    return table.replace_schema_metadata({VERSION_KEY: str(SCHEMA_VERSION).encode()})
+
+
+def resolve(root: str) -> tuple[pafs.FileSystem, str]:
+    """A filesystem and path for a local folder or any URI pyarrow understands (s3://, gs://, file://)."""
+    if "://" in root:
+        return pafs.FileSystem.from_uri(root)
+    return pafs.LocalFileSystem(), posixpath.abspath(root) if not root.startswith("/") else root
+
+
+def table_dir(root: str, name: str) -> str:
+    return posixpath.join(root.rstrip("/"), RESULTS_DIR, name)
+
+
+def write_trial_table(root: str, name: str, rows: Iterable[Mapping[str, Any]], *, arch: str, method: str,
+                      trial_id: str) -> str:
+    """Write one trial's rows of table ``name`` atomically; return the final path (or URI path).
+
+    Replaces an earlier file of the same trial (a retried or resumed trial never duplicates rows).
+    """
+    fs, base = resolve(root)
+    folder = posixpath.join(base, RESULTS_DIR, name, f"arch={arch}", f"method={method}")
+    fs.create_dir(folder, recursive=True)
+    final = posixpath.join(folder, f"{trial_id}.parquet")
+    table = to_table(name, rows)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = posixpath.join(folder, f".tmp-{trial_id}-{uuid.uuid4().hex}.parquet")
+        pq.write_table(table, tmp, filesystem=fs)
+        fs.move(tmp, final)  # rename(2): atomic on a local or POSIX shared file system
+    else:
+        pq.write_table(table, final, filesystem=fs)  # an object-store PUT is atomic by itself
+    return final
+
+
+def file_version(metadata: Mapping[bytes, bytes] | None) -> int | None:
+    """The schema version stored in a Parquet file's metadata, or None."""
+    if not metadata or VERSION_KEY not in metadata:
+        return None
+    return int(metadata[VERSION_KEY].decode())
+
+
+def check_version(path: str, metadata: Mapping[bytes, bytes] | None) -> None:
+    version = file_version(metadata)
+    if version != SCHEMA_VERSION:
+        raise SchemaError(f"{path}: schema version {version} is not the supported version {SCHEMA_VERSION}")
+
+
+def dumps(obj: Any) -> str:
+    """JSON for config/provenance columns: sorted keys, NaN allowed."""
+    return json.dumps(obj, sort_keys=True, default=str)
