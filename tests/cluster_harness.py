@@ -32,7 +32,6 @@ SANDBOX_HOME = "/mnt/home"  # root's home inside the sandbox (its own /etc/passw
 SSH_KEY = f"{SANDBOX_HOME}/.ssh/id_ed25519"
 CONFIG = f"{SANDBOX_HOME}/cluster-local.yaml"
 DASHBOARD = "http://127.0.0.1:8265"
-JOB_STATES = "PENDING|RUNNING|STOPPED|SUCCEEDED|FAILED"
 
 
 def missing_tools() -> list[str]:
@@ -95,11 +94,26 @@ except urllib.error.HTTPError as err:
 """
 
 
-# Ray daemons alive in the sandbox's PID namespace (psutil comes with Ray; procps may be absent).
+# Ray daemons alive in the sandbox's PID namespace, read from /proc (no psutil or procps needed).
 COUNT_RAY_PROCESSES = """\
-import psutil
-names = ("raylet", "gcs_server", "dashboard.py", "monitor.py", "log_monitor.py")
-print(sum(1 for p in psutil.process_iter(["cmdline"]) if any(n in " ".join(p.info["cmdline"] or []) for n in names)))
+import os
+names = (b"raylet", b"gcs_server", b"dashboard.py", b"monitor.py", b"log_monitor.py")
+count = 0
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            count += any(n in f.read() for n in names)
+    except OSError:
+        pass
+print(count)
+"""
+
+
+# A job's final status through Ray's job SDK (sends the token: RAY_AUTH_MODE=token is exported).
+JOB_STATUS = f"""\
+import sys
+from ray.job_submission import JobSubmissionClient
+print(JobSubmissionClient("{DASHBOARD}").get_job_status(sys.argv[1]).value)
 """
 
 
@@ -143,6 +157,7 @@ def prepare(work: Path, cluster: dict) -> None:
     (home / "venv").symlink_to(Path(sys.prefix))
     (home / "unauthenticated_status.py").write_text(UNAUTHENTICATED_STATUS)
     (home / "count_ray_processes.py").write_text(COUNT_RAY_PROCESSES)
+    (home / "job_status.py").write_text(JOB_STATUS)
     (home / ".bashrc").write_text("")  # a fresh image's empty one; setup commands append to it
     # inside there is no network: pip installs from the wheelhouse the outer part fills
     (home / ".config" / "pip").mkdir(parents=True)
@@ -206,8 +221,7 @@ def inner_script(cluster: dict, jobs: list[Job], job_env: dict[str, str]) -> str
             f"echo '== job {job.submission_id}'",
             f"ray job submit --address {DASHBOARD} --submission-id {job.submission_id} --working-dir . "
             f"--runtime-env-json {q(runtime_env)} -- {job.entrypoint} || true",
-            f"echo \"JOB_STATUS {job.submission_id} $(ray job status --address {DASHBOARD} "
-            f"{job.submission_id} 2>&1 | grep -oE '{JOB_STATES}' | tail -1)\"",
+            f"echo \"JOB_STATUS {job.submission_id} $(python {SANDBOX_HOME}/job_status.py {job.submission_id})\"",
         ]
     lines += [
         f"echo '== ray down'; ray down -y {CONFIG}",
@@ -232,6 +246,7 @@ def run_sandbox(work: Path, jobs: list[Job], *, job_env: dict[str, str] | None =
         ["unshare", "--mount", "--propagation", "private", "--fork", "--kill-child", "bash",
          str(work / "outer.sh")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout_s)
+    (work / "output.log").write_text(proc.stdout)  # kept for debugging a failed run
     return SandboxRun(proc.returncode, proc.stdout, work / "home")
 
 
