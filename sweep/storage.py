@@ -54,12 +54,15 @@ def check_storage(storage: str) -> str:
     """
     root = normalise_storage(storage)
     token = uuid.uuid4().hex
-    probe = posixpath.join(root, PROBE_PREFIX + token)
-    write_probe(root, probe, token)
+    probe = PROBE_PREFIX + token
+    try:
+        write_text(root, probe, token)
+    except Exception as err:  # permission, missing bucket, credentials, network: all mean "cannot write"
+        raise StorageError(f"--storage {root!r}: the driver cannot write there ({err}); {REMEDY}") from err
     try:
         check_other_nodes(root, probe, token)
     finally:
-        delete_probe(probe)
+        delete_file(root, probe)
     return root
 
 
@@ -79,67 +82,64 @@ def normalise_storage(storage: str) -> str:
         pafs.FileSystem.from_uri(storage)
     except Exception as err:  # pyarrow raises ArrowInvalid/OSError by scheme; the cause goes in the message
         raise StorageError(f"--storage {storage!r}: cannot open this URI ({err}); {REMEDY}") from err
-    return storage.rstrip("/") if not storage.endswith("://") else storage
+    path, _, query = storage.partition("?")
+    return path.rstrip("/") + (f"?{query}" if query else "")
 
 
 def is_local(root: str) -> bool:
     return "://" not in root
 
 
-def write_probe(root: str, probe: str, token: str) -> None:
-    """Create ``root`` if needed and write ``token`` to ``probe`` there; StorageError if that fails."""
-    try:
-        write_text(root, probe, token)
-    except Exception as err:  # permission, missing bucket, credentials, network: all mean "cannot write"
-        raise StorageError(f"--storage {root!r}: the driver cannot write there ({err}); {REMEDY}") from err
+def resolve(root: str) -> tuple[pafs.FileSystem, str]:
+    """File system and base path of a normalised storage (URI query options such as
+    ``?endpoint_override=`` configure the file system, so names are joined to the base path, never the URI)."""
+    if is_local(root):
+        return pafs.LocalFileSystem(), root
+    return pafs.FileSystem.from_uri(root)
 
 
-def write_text(root: str, path: str, text: str) -> None:
+def write_text(root: str, name: str, text: str) -> None:
+    """Write ``text`` to the file ``name`` directly inside ``root``, creating ``root`` when missing."""
     fs, base = resolve(root)
     fs.create_dir(base, recursive=True)
-    with fs.open_output_stream(resolve(path)[1]) as out:
+    with fs.open_output_stream(posixpath.join(base, name)) as out:
         out.write(text.encode())
 
 
-def read_text(path: str) -> str | None:
-    """The file's text, or None when it does not exist (any other error propagates)."""
-    fs, p = resolve(path)
+def read_text(root: str, name: str) -> str | None:
+    """The text of ``name`` inside ``root``, or None when it does not exist (other errors propagate)."""
+    fs, base = resolve(root)
     try:
-        with fs.open_input_stream(p) as f:
+        with fs.open_input_stream(posixpath.join(base, name)) as f:
             return f.read().decode()
     except FileNotFoundError:
         return None
 
 
-def delete_probe(probe: str) -> None:
+def delete_file(root: str, name: str) -> None:
     try:
-        fs, p = resolve(probe)
-        fs.delete_file(p)
+        fs, base = resolve(root)
+        fs.delete_file(posixpath.join(base, name))
     except Exception as err:  # a leftover probe is harmless: log, do not hide the real outcome
-        log.warning("could not delete storage probe %s: %s", probe, err)
-
-
-def resolve(path: str) -> tuple[pafs.FileSystem, str]:
-    if is_local(path):
-        return pafs.LocalFileSystem(), path
-    return pafs.FileSystem.from_uri(path)
+        log.warning("could not delete storage probe %s in %s: %s", name, root, err)
 
 
 @ray.remote(num_cpus=0, max_retries=0)
 def probe_node(root: str, probe: str, token: str) -> dict[str, Any]:
-    """Runs on one node: does the driver's probe read back, and can this node write its own?"""
+    """Runs on one node: does the driver's probe read back, and can this node write (and delete) its own?"""
     import socket
 
     out: dict[str, Any] = {"host": socket.gethostname(), "seen": False, "write_error": ""}
     try:
-        out["seen"] = read_text(probe) == token
+        out["seen"] = read_text(root, probe) == token
     except Exception as err:  # reported to the driver, which raises StorageError with it
         out["write_error"] = f"reading the driver's probe failed: {err}"
         return out
-    own = posixpath.join(root, PROBE_PREFIX + uuid.uuid4().hex)
+    own = PROBE_PREFIX + uuid.uuid4().hex
     try:
         write_text(root, own, "node")
-        resolve(own)[0].delete_file(resolve(own)[1])
+        fs, base = resolve(root)
+        fs.delete_file(posixpath.join(base, own))
     except Exception as err:
         out["write_error"] = f"writing failed: {err}"
     return out

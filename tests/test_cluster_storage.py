@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 
+import pyarrow.fs as pafs
 import pytest
 import ray
 from ray.cluster_utils import Cluster
@@ -157,3 +158,40 @@ def test_local_folder_refused_when_another_node_cannot_see_it(cluster, tmp_path)
         os.killpg(node.pid, 15)  # our own `ray start --block` session: it stops its raylet on SIGTERM
         node.wait(timeout=60)
         wait_alive(1, timeout=90)
+
+
+# --- an object store (a real S3 API server, moto, on loopback) seen from every node ----------------
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    """A real S3 endpoint on 127.0.0.1 with one bucket; its URI options and test credentials."""
+    from moto.server import ThreadedMotoServer  # dev extra: a real S3 API implementation
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)  # before worker nodes start: their processes inherit it
+    options = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+    fs = pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http", region="us-east-1",
+                           access_key="testing", secret_key="testing", allow_bucket_creation=True)
+    fs.create_dir("sweeps")
+    yield options, fs
+    server.stop()
+
+
+def test_object_store_uri_accepted_when_every_node_writes_it(cluster, s3_bucket):
+    options, fs = s3_bucket
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    try:
+        wait_alive(3)
+        uri = f"s3://sweeps/exp/?{options}"
+        assert check_storage(uri) == f"s3://sweeps/exp?{options}"
+        left = fs.get_file_info(pafs.FileSelector("sweeps/exp", allow_not_found=True))
+        assert [i.path for i in left if PROBE_PREFIX in i.path] == []  # every node cleaned up its probe
+    finally:
+        for node in workers:
+            cluster.remove_node(node)
+        wait_alive(1)
