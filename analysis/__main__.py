@@ -1,0 +1,105 @@
+"""``python -m analysis report EXPERIMENT_DIR [EXPERIMENT_DIR ...] [--out DIR] [--sparsity S] [--strict]``
+
+The only place in ``analysis`` that writes files. Output goes to ``--out`` (default
+``./reports/<name of the first experiment folder>``), never inside an experiment folder: a report must
+not change the results it reports on. Exit codes: 0 ok, 2 bad input (nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .load import ExperimentError, check_experiment, load_tables, require_finished
+from .report import (build_report, figure_bytes, importance_data, render_html, render_latex,
+                     render_markdown, TABLE_CAPTIONS)
+
+log = logging.getLogger("analysis")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    rep = sub.add_parser("report", help="tables, figures, Markdown and HTML from experiment folders")
+    rep.add_argument("experiments", nargs="+", metavar="EXPERIMENT_DIR")
+    rep.add_argument("--out", help="output folder (default ./reports/<first experiment name>); "
+                                   "must be outside every experiment folder")
+    rep.add_argument("--sparsity", type=float, default=0.5,
+                     help="matched target sparsity of the comparison table, a fraction in [0, 1) (default 0.5)")
+    rep.add_argument("--strict", action="store_true", help="fail on the first unreadable results file")
+    rep.add_argument("--no-importance", action="store_true", help="skip Optuna hyperparameter importance")
+    return parser
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def _validate(args) -> tuple[list[str], str]:
+    """Check every option before any work; raises ExperimentError naming the field."""
+    if not 0.0 <= args.sparsity < 1.0:
+        raise ExperimentError(f"--sparsity: {args.sparsity} is not a fraction in [0, 1)")
+    exps = [check_experiment(e) for e in args.experiments]
+    out = os.path.abspath(args.out or os.path.join("reports", os.path.basename(exps[0].rstrip(os.sep))))
+    for exp in exps:
+        if _inside(out, exp):
+            raise ExperimentError(f"--out: {out} is inside the experiment folder {exp}; choose a folder outside it")
+    return exps, out
+
+
+def write_report(report, out: str) -> list[str]:
+    """Write every table (CSV, LaTeX), figure (PNG, SVG), report.md and report.html under ``out``."""
+    os.makedirs(os.path.join(out, "tables"), exist_ok=True)
+    os.makedirs(os.path.join(out, "figures"), exist_ok=True)
+    written = []
+    for name, frame in report.tables.items():
+        base = os.path.join(out, "tables", name)
+        frame.to_csv(base + ".csv", index=False)
+        with open(base + ".tex", "w") as fh:
+            fh.write(render_latex(frame, TABLE_CAPTIONS[name].format(s=report.sparsity)))
+        written += [base + ".csv", base + ".tex"]
+    figure_files = {}
+    for name, fig in report.figures.items():
+        for fmt in ("png", "svg"):
+            path = os.path.join(out, "figures", f"{name}.{fmt}")
+            with open(path, "wb") as fh:
+                fh.write(figure_bytes(fig, fmt))
+            written.append(path)
+        figure_files[name] = f"figures/{name}.png"
+    with open(os.path.join(out, "report.md"), "w") as fh:
+        fh.write(render_markdown(report, figure_files))
+    with open(os.path.join(out, "report.html"), "w") as fh:
+        fh.write(render_html(report))
+    return written + [os.path.join(out, "report.md"), os.path.join(out, "report.html")]
+
+
+def report_command(args) -> int:
+    exps, out = _validate(args)
+    tables = load_tables(exps, strict=args.strict)
+    require_finished(tables)
+    for path, reason in tables.skipped:
+        print(f"warning: skipped {path}: {reason}", file=sys.stderr)
+    importances = {} if args.no_importance else importance_data(exps)
+    report = build_report(tables, args.sparsity, importances)
+    write_report(report, out)
+    print(f"report: {os.path.join(out, 'report.html')} ({len(tables.trials)} trials, "
+          f"{len(tables.skipped)} files skipped)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        return report_command(args)
+    except ExperimentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
