@@ -92,3 +92,19 @@ def test_histogram_totals():
     assert sum(r["count"] for r in rows) == 15
     assert rows[-1] == {"bin_lo": 0.0, "bin_hi": 0.0, "count": 2 + int((t[1] == 0).sum())}
     assert rows[0]["count"] >= 1 and rows[-2]["count"] >= 1  # clamped outliers
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(-3, 3), min_size=2, max_size=7), st.floats(0, 0.95))
+def test_global_projection_is_optimal(values, s):
+    # small integer values force many ties; the result must still be a nearest point of S
+    t = torch.tensor(values, dtype=torch.float32)
+    a, b = t[:3], t[3:]
+    pa, pb = make_sparsity_set("global", s).project([a, b])
+    p = torch.cat([pa, pb])
+    k = len(values) - math.floor(s * len(values))
+    assert int((p != 0).sum()) <= k and torch.equal(p[p != 0], t[p != 0])
+    assert math.isclose(float(((t - p) ** 2).sum()), brute_best(t, k), abs_tol=1e-6)
