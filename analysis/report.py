@@ -179,7 +179,7 @@ def render_html(report: Report) -> str:
 
 def markdown_table(frame: pd.DataFrame) -> str:
     """A DataFrame as a GitHub Markdown table (written here to avoid the optional tabulate dependency)."""
-    cells = _fmt(frame).astype(str)
+    cells = _fmt(frame).map(str)
     rows = ["| " + " | ".join(str(c) for c in frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     rows += ["| " + " | ".join(v.replace("|", "\\|") for v in r) + " |" for r in cells.itertuples(index=False)]
     return "\n".join(rows)
@@ -195,7 +195,7 @@ def _latex_escape(text: str) -> str:
 
 def render_latex(frame: pd.DataFrame, caption: str) -> str:
     """One table as a LaTeX table environment with a plain tabular (no packages needed; jinja2-free)."""
-    cells = _fmt(frame).astype(str)
+    cells = _fmt(frame).map(str)
     head = " & ".join(_latex_escape(str(c)) for c in frame.columns) + r" \\"
     body = [" & ".join(_latex_escape(v) for v in r) + r" \\" for r in cells.itertuples(index=False)]
     return "\n".join([r"\begin{table}", r"\centering", rf"\caption{{{_latex_escape(caption)}}}",

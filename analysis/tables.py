@@ -25,7 +25,7 @@ SPARSITY_TOL = 1e-6  # target sparsities are typed fractions; compare with a tol
 def _config_key(trials: pd.DataFrame) -> pd.Series:
     """A string naming each row's configuration (NaN-safe, unlike groupby on float columns with NaN)."""
     cols = [c for c in CONFIG_COLUMNS if c in trials]
-    return trials[cols].astype(str).agg("|".join, axis=1)
+    return trials[cols].map(str).agg("|".join, axis=1)
 
 
 def ok_trials(trials: pd.DataFrame) -> pd.DataFrame:
