@@ -1,0 +1,356 @@
+"""``python -m sweep run|resume|spaces`` and the same as a Python API.
+
+Public API (stable; the cluster tests call it with Ray already initialised)::
+
+    run_sweep(argv: list[str]) -> str
+        argv as on the command line, starting with "run" or "resume" (e.g. ["run", "--space", "admm", ...]);
+        returns the experiment folder (absolute path or URI). Raises UsageError (option, message) on bad input
+        before Ray trials start. Uses the running Ray instance when ray.is_initialized(); otherwise --local
+        starts one here and no --local joins address="auto".
+
+Experiment folder ``<storage>/<name>``: Tune's state, ``optuna.journal`` (one study per (arch, method)),
+``results/`` (Parquet), ``dense/`` (shared dense models), ``sweep.json`` (the options; resume reads it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import math
+import os
+import posixpath
+import sys
+from typing import Any, Callable
+
+from trainables.config import ARCHS, DATASETS, ConfigError, TrialConfig, field_owners
+
+from . import spaces as sp
+
+log = logging.getLogger(__name__)
+
+JOURNAL = "optuna.journal"
+OPTIONS_FILE = "sweep.json"
+SCHEDULERS = ("none", "asha")
+
+
+class UsageError(ValueError):
+    """Bad command-line input: ``option`` names the option, the message says what is allowed."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(f"{option}: {message}")
+        self.option = option
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors become UsageError too (exit 2 via main)
+        raise UsageError(self.prog, message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m sweep", description="Ray Tune sweeps of ADMM vs magnitude pruning, "
+                                                     "searched by Optuna.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="start a sweep")
+    run.add_argument("--space", default="admm", help="admm | baseline | compare | seed | a .toml/.yaml file")
+    run.add_argument("--arch", default="mobilenet_v2", help=f"comma-separated, from {', '.join(ARCHS)}")
+    run.add_argument("--dataset", default="digits", help="|".join(DATASETS))
+    run.add_argument("--data-dir", default=None, help="a folder in CIFAR-10's python layout (no download)")
+    run.add_argument("--trials", type=int, default=8, help="Optuna configurations per (arch, method) study")
+    run.add_argument("--seeds", type=int, default=1, help="seeds per configuration (mean told to Optuna)")
+    run.add_argument("--width", type=float, default=0.5, help="MobileNet width multiplier")
+    run.add_argument("--dense-epochs", type=int, default=2)
+    run.add_argument("--sparsify-epochs", type=int, default=2)
+    run.add_argument("--finetune-epochs", type=int, default=2)
+    run.add_argument("--sampler", default="tpe", help="tpe | gp | nsga2")
+    run.add_argument("--scheduler", default="none", help="none | asha (single-objective spaces only)")
+    run.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from checkpoint")
+    run.add_argument("--max-concurrent", type=int, default=0, help="0: as many as resources allow")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="fix any TrialConfig field, e.g. --set batch_size=64")
+    add_cluster_options(run)
+    run.add_argument("--name", default=None, help="experiment name (default: <space>-<timestamp>)")
+    res = sub.add_parser("resume", help="continue an interrupted sweep")
+    res.add_argument("name")
+    add_cluster_options(res)
+    sub.add_parser("spaces", help="list the built-in spaces and their ranges")
+    return p
+
+
+def add_cluster_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--local", action="store_true", help="start Ray on this machine (else join the cluster)")
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="fractions allowed; default 1 if a GPU")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--storage", default="./experiments", help="a path (made absolute) or s3:// gs:// URI")
+
+
+# -- validation (no Ray) -------------------------------------------------------------------------------
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs, values parsed as YAML scalars (numbers, true/false, null, strings)."""
+    import yaml
+
+    owners = field_owners()
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        if not eq:
+            raise UsageError("--set", f"{item!r} is not KEY=VALUE")
+        if key not in owners:
+            raise UsageError("--set", f"{key!r} is not a TrialConfig field (known: {', '.join(sorted(owners))})")
+        out[key] = yaml.safe_load(raw)
+    return out
+
+
+def validate_run(args: argparse.Namespace) -> tuple[sp.Space, list[str], dict[str, Any]]:
+    """Check every run option; return (space, archs, base flat config). Raises UsageError."""
+    try:
+        space = sp.load_space(args.space)
+    except sp.SpaceError as e:
+        raise UsageError("--space", str(e)) from None
+    archs = [a.strip() for a in args.arch.split(",") if a.strip()]
+    bad = [a for a in archs if a not in ARCHS]
+    if bad or not archs:
+        raise UsageError("--arch", f"{','.join(bad) or args.arch!r} is not among {', '.join(ARCHS)}")
+    if space.grid and space.archs:
+        archs = list(space.archs)
+    for opt, value, lo in (("--trials", args.trials, 1), ("--seeds", args.seeds, 1),
+                           ("--max-failures", args.max_failures, 0), ("--max-concurrent", args.max_concurrent, 0)):
+        if value < lo:
+            raise UsageError(opt, f"{value} must be >= {lo}")
+    from .searcher import SAMPLERS
+
+    if args.sampler not in SAMPLERS:
+        raise UsageError("--sampler", f"{args.sampler!r} is not one of {', '.join(SAMPLERS)}")
+    if args.scheduler not in SCHEDULERS:
+        raise UsageError("--scheduler", f"{args.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    if args.scheduler == "asha" and any(space.searches_sparsity(m) for m in space.methods):
+        raise UsageError("--scheduler", "asha needs a single-objective space (sparsity fixed); this space "
+                                        "searches sparsity (multi-objective)")
+    base = {"dataset": args.dataset, "width": args.width, "dense_epochs": args.dense_epochs,
+            "sparsify_epochs": args.sparsify_epochs, "finetune_epochs": args.finetune_epochs}
+    if args.data_dir:
+        base["data_dir"] = os.path.abspath(args.data_dir)
+    fixed_by_set = parse_set(args.set)
+    base.update(fixed_by_set)
+    space = without_params(space, set(fixed_by_set))  # --set wins over the space: that key is not searched
+    for arch in archs:
+        for method in space.methods:
+            probe = {**{k: sp.sample_values(v)[0] for k, v in space.params_for(method).items()},
+                     **base, "arch": arch, "method": method}
+            try:
+                TrialConfig.from_dict(probe)
+            except ConfigError as e:
+                option = "--set" if e.field in fixed_by_set else f"--{e.field.replace('_', '-')}"
+                raise UsageError(option, str(e)) from None
+    if args.cpus_per_trial <= 0:
+        raise UsageError("--cpus-per-trial", f"{args.cpus_per_trial} must be > 0")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise UsageError("--gpus-per-trial", f"{args.gpus_per_trial} must be >= 0")
+    return space, archs, base
+
+
+def without_params(space: sp.Space, keys: set[str]) -> sp.Space:
+    """The space minus parameters fixed elsewhere (--set)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        space, params={k: v for k, v in space.params.items() if k not in keys},
+        method_params={m: {k: v for k, v in p.items() if k not in keys} for m, p in space.method_params.items()})
+
+
+def experiment_path(storage: str, name: str) -> str:
+    return posixpath.join(storage.rstrip("/"), name)
+
+
+def exists(path: str) -> bool:
+    import pyarrow.fs as pafs
+
+    from trainables import schema
+
+    fs, p = schema.resolve(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+# -- Ray ---------------------------------------------------------------------------------------------
+def init_ray(local: bool) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if local:
+        ray.init()
+        return
+    try:
+        ray.init(address="auto")
+    except ConnectionError:
+        raise UsageError("--local", "no running Ray cluster to join: pass --local to start Ray on this "
+                                    "machine, or start a cluster (ray up cluster.yaml / ray start --head)") from None
+
+
+def check_resources(cpus: float, gpus: float) -> None:
+    """Impossible per-trial resources (more than the biggest node has) -> UsageError."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    max_cpu = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
+    max_gpu = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
+    if cpus > max_cpu:
+        raise UsageError("--cpus-per-trial", f"{cpus:g} CPUs per trial but the biggest node has {max_cpu:g}")
+    if gpus > max_gpu:
+        raise UsageError("--gpus-per-trial", f"{gpus:g} GPUs per trial but the biggest node has {max_gpu:g}")
+
+
+def default_gpus() -> float:
+    import ray
+
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def check_storage(storage: str) -> str:
+    try:
+        from .storage import StorageError, check_storage as check
+    except ImportError:  # the cluster engineer's module not there yet
+        return storage if "://" in storage else os.path.abspath(storage)
+    try:
+        return check(storage)
+    except StorageError as e:
+        raise UsageError("--storage", str(e)) from None
+
+
+def run_sweep(argv: list[str], *, write: Callable[[str], None] | None = None) -> str:
+    """Run or resume a sweep (see the module docstring); returns the experiment folder."""
+    args = build_parser().parse_args(argv)
+    write = write or (lambda s: log.info("%s", s))
+    if args.command == "run":
+        return start(args, write)
+    if args.command == "resume":
+        return resume(args, write)
+    raise UsageError("command", "run_sweep takes run or resume")
+
+
+def start(args: argparse.Namespace, write: Callable[[str], None]) -> str:
+    import time
+
+    space, archs, base = validate_run(args)
+    storage = args.storage if "://" in args.storage else os.path.abspath(args.storage)
+    name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if exists(experiment_path(storage, name)):
+        raise UsageError("--name", f"experiment {name!r} already exists in {storage}: use "
+                                   f"`python -m sweep resume {name}` or another --name (nothing overwritten)")
+    init_ray(args.local)
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else default_gpus()
+    check_resources(args.cpus_per_trial, gpus)
+    storage = check_storage(storage)
+    experiment = experiment_path(storage, name)
+    options = {**vars(args), "storage": storage, "name": name, "gpus_per_trial": gpus, "archs": archs,
+               "base": base}
+    from .ray_tune import write_bytes
+
+    write_bytes(experiment, OPTIONS_FILE, json.dumps(options, indent=1, sort_keys=True).encode())
+    return launch(options, space, resume=False, write=write)
+
+
+def resume(args: argparse.Namespace, write: Callable[[str], None]) -> str:
+    from .ray_tune import read_bytes
+
+    storage = args.storage if "://" in args.storage else os.path.abspath(args.storage)
+    experiment = experiment_path(storage, args.name)
+    raw = read_bytes(experiment, OPTIONS_FILE)
+    if raw is None:
+        raise UsageError("name", f"no sweep {args.name!r} in {storage} (no {OPTIONS_FILE})")
+    options = json.loads(raw)
+    init_ray(args.local)
+    space = without_params(sp.load_space(options["space"]), set(parse_set(options["set"])))
+    return launch(options, space, resume=True, write=write)
+
+
+def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str], None]) -> str:
+    """Build the Tuner (or restore it), run it, print the summary; returns the experiment folder."""
+    import ray
+    from ray import tune
+
+    from trainables.data import load_splits
+
+    from .ray_tune import DenseStoreActor, FailedTrialWriter, ProgressPrinter, TrialContext, sweep_trainable
+    from .ray_tune import write_bytes
+    from .searcher import MultiStudySearcher, StudySpec
+
+    storage, name = options["storage"], options["name"]
+    experiment = experiment_path(storage, name)
+    base = options["base"]
+    splits = load_splits(TrialConfig.from_dict({**base, "arch": options["archs"][0]}).data)  # once per sweep
+    actor_name = f"dense-store-{name}"
+    actor = DenseStoreActor.options(name=actor_name, get_if_exists=True).remote(experiment)
+    ctx = TrialContext(experiment=experiment, name=name, space=space.name, dense_actor=actor_name)
+    trainable = tune.with_resources(tune.with_parameters(sweep_trainable, data=splits, context=ctx),
+                                    {"cpu": options["cpus_per_trial"], "gpu": options["gpus_per_trial"]})
+    reports = options["sparsify_epochs"] + options["finetune_epochs"] + 1
+    callbacks = [FailedTrialWriter(ctx), ProgressPrinter(write)]
+    if resume:
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        studies = [StudySpec(f"{arch}-{m}", {**base, "arch": arch, "method": m},
+                             functools.partial(sp.suggest, space=space, method=m),
+                             ("final_val_acc", "achieved_sparsity") if space.searches_sparsity(m)
+                             else ("final_val_acc",))
+                   for arch in options["archs"] for m in space.methods]
+        trials = 1 if space.grid else options["trials"]
+        searcher = MultiStudySearcher(posixpath.join(experiment, JOURNAL), studies, trials=trials,
+                                      seeds=options["seeds"], sampler=options["sampler"],
+                                      max_concurrent=options["max_concurrent"])
+        scheduler = None
+        if options["scheduler"] == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            scheduler = ASHAScheduler(metric="val_acc", mode="max", time_attr="training_iteration",
+                                      max_t=reports, grace_period=1)
+        total = len(studies) * trials * options["seeds"]
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=total),
+            run_config=tune.RunConfig(
+                storage_path=storage, name=name, callbacks=callbacks, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=options["max_failures"]),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        )
+    tuner.fit()
+    write_bytes(experiment, "dense/builds.json", json.dumps(ray.get(actor.stats.remote())).encode())
+    write(summarize(experiment))
+    return experiment
+
+
+def summarize(experiment: str) -> str:
+    """Final table: per study, trials by status and the best final val accuracy; where the results are."""
+    import pandas as pd
+
+    try:
+        trials = pd.read_parquet(posixpath.join(experiment, "results", "trials"))
+    except (FileNotFoundError, OSError, ValueError):
+        return f"no trial results in {experiment}"
+    lines = [f"{'study':32} {'ok':>4} {'div':>4} {'fail':>4} {'best final_val_acc':>20}"]
+    trials["study"] = trials["study"].fillna("")
+    for study, g in trials.groupby("study"):
+        best = g.loc[g["status"] == "ok", "final_val_acc"].max()
+        n = g["status"].value_counts()
+        lines.append(f"{study:32} {n.get('ok', 0):4d} {n.get('diverged', 0):4d} {n.get('failed', 0):4d} "
+                     f"{best if not (isinstance(best, float) and math.isnan(best)) else float('nan'):20.4f}")
+    lines.append(f"results: {experiment}/results")
+    lines.append(f"report:  python -m analysis report {experiment}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        if argv[:1] == ["spaces"]:
+            print(sp.describe_spaces())
+            return 0
+        build_parser().parse_args(argv)  # --help exits here
+        run_sweep(argv, write=print)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,232 @@
+"""Everything that talks to Ray: the trainable, the shared dense store, callbacks, Tuner setup.
+
+The trainable wraps ``trainables.trial.run_trial`` (contract: docs/ARCHITECTURE.md): metrics and checkpoints
+leave through the ``report`` callable we give it; at the end it writes the trial's Parquet tables into
+``<experiment>/results``. Ray's own key ``done`` is renamed ``trial_done`` so Tune never mistakes our
+final-report marker for its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import posixpath
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import ray
+from ray import tune
+
+from trainables import schema
+from trainables.config import TrialConfig
+
+from .searcher import META_KEYS
+
+log = logging.getLogger(__name__)
+
+DENSE_DIR = "dense"
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a sweep shares (pickled once by tune.with_parameters)."""
+
+    experiment: str  # absolute path or URI of the experiment folder
+    name: str
+    space: str
+    dense_actor: str  # name of the DenseStoreActor
+
+
+# -- dense store -------------------------------------------------------------------------------------
+@ray.remote(num_cpus=0)
+class DenseStoreActor:
+    """Grants one builder per key; keeps payloads in memory and persists them to ``<experiment>/dense``.
+
+    State: ``payloads`` (key -> bytes), ``building`` (keys granted, not yet delivered), ``builds`` (count of
+    grants per key; the test's "built once" evidence). A builder that raises gives its grant back.
+    """
+
+    def __init__(self, experiment: str):
+        self.experiment = experiment
+        self.payloads: dict[str, bytes] = {}
+        self.building: set[str] = set()
+        self.builds: dict[str, int] = {}
+
+    def acquire(self, key: str) -> tuple[str, bytes | None]:
+        """("ready", payload) | ("build", None): caller must build and put() | ("wait", None)."""
+        if key not in self.payloads:
+            stored = read_bytes(self.experiment, posixpath.join(DENSE_DIR, f"{key}.bin"))
+            if stored is not None:
+                self.payloads[key] = stored  # resume: the persisted dense model is reused
+        if key in self.payloads:
+            return "ready", self.payloads[key]
+        if key in self.building:
+            return "wait", None
+        self.building.add(key)
+        self.builds[key] = self.builds.get(key, 0) + 1
+        return "build", None
+
+    def put(self, key: str, payload: bytes) -> None:
+        write_bytes(self.experiment, posixpath.join(DENSE_DIR, f"{key}.bin"), payload)
+        self.payloads[key] = payload
+        self.building.discard(key)
+
+    def release(self, key: str) -> None:
+        self.building.discard(key)
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.builds)
+
+
+class RayDenseStore:
+    """DenseStore protocol (docs/ARCHITECTURE.md) over the named DenseStoreActor; works across nodes."""
+
+    def __init__(self, actor_name: str, poll_s: float = 0.5):
+        self.actor = ray.get_actor(actor_name)
+        self.poll_s = poll_s
+
+    def get_or_build(self, key: str, build: Callable[[], bytes]) -> bytes:
+        while True:
+            state, payload = ray.get(self.actor.acquire.remote(key))
+            if state == "ready":
+                return payload
+            if state == "build":
+                try:
+                    payload = build()
+                except BaseException:
+                    ray.get(self.actor.release.remote(key))
+                    raise
+                ray.get(self.actor.put.remote(key, payload))
+                return payload
+            time.sleep(self.poll_s)
+
+
+def read_bytes(root: str, rel: str) -> bytes | None:
+    fs, base = schema.resolve(root)
+    path = posixpath.join(base, rel)
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def write_bytes(root: str, rel: str, data: bytes) -> None:
+    """Write atomically on local disks (temp + rename); an object-store PUT is atomic by itself."""
+    import pyarrow.fs as pafs
+
+    fs, base = schema.resolve(root)
+    path = posixpath.join(base, rel)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    target = path + ".tmp" if isinstance(fs, pafs.LocalFileSystem) else path
+    with fs.open_output_stream(target) as f:
+        f.write(data)
+    if target != path:
+        fs.move(target, path)
+
+
+# -- the trainable -----------------------------------------------------------------------------------
+def split_config(config: dict) -> tuple[dict, dict]:
+    """(TrialConfig flat dict, sweep metadata)."""
+    flat = {k: v for k, v in config.items() if k not in META_KEYS}
+    meta = {k: config[k] for k in META_KEYS if k in config}
+    return flat, meta
+
+
+def to_tune_metrics(metrics: dict) -> dict:
+    """Rename ``done`` (Tune reserves it) and drop non-scalars Tune cannot aggregate."""
+    out = {("trial_done" if k == "done" else k): v for k, v in metrics.items()}
+    return {k: v for k, v in out.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+def sweep_trainable(config: dict, data: Any = None, context: TrialContext | None = None) -> None:
+    """Ray function trainable: resume from Tune's checkpoint, run the trial, write its Parquet tables."""
+    from trainables.trial import run_trial
+
+    flat, meta = split_config(config)
+    trial_id = tune.get_context().get_trial_id()
+    store = RayDenseStore(context.dense_actor)
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        m = to_tune_metrics(metrics)
+        if checkpoint_dir:
+            tune.report(m, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+        else:
+            tune.report(m)
+
+    checkpoint = tune.get_checkpoint()
+    with tempfile.TemporaryDirectory() as tmp:
+        resume_from = checkpoint.to_directory(os.path.join(tmp, "resume")) if checkpoint else None
+        result = run_trial(TrialConfig.from_dict(flat), data=data, report=report, resume_from=resume_from,
+                           dense_store=store, trial_id=trial_id)
+    result.write(context.experiment, trial_id=trial_id, experiment=context.name,
+                 extra={"study": meta.get("_study", ""), "optuna_trial": int(meta.get("_optuna_trial", -1)),
+                        "space": context.space})
+
+
+# -- callbacks -----------------------------------------------------------------------------------------
+class FailedTrialWriter(tune.Callback):
+    """A trial that errored after its retries still gets its trials row (status failed)."""
+
+    def __init__(self, context: TrialContext):
+        self.context = context
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        flat, meta = split_config(trial.config)
+        try:
+            cfg = TrialConfig.from_dict(flat)
+        except Exception:  # noqa: BLE001 - a row is still wanted; record the raw config
+            cfg = None
+        row = failed_row(trial.trial_id, flat, meta, cfg, self.context, str(trial.error_file or "error"))
+        schema.write_trial_table(self.context.experiment, "trials", [row], arch=flat.get("arch", "unknown"),
+                                 method=flat.get("method", "unknown"), trial_id=trial.trial_id)
+
+
+def failed_row(trial_id, flat, meta, cfg, context, error) -> dict:
+    p = cfg.prune if cfg else None
+    return {
+        "experiment": context.name, "trial_id": trial_id, "study": meta.get("_study", ""),
+        "optuna_trial": int(meta.get("_optuna_trial", -1)), "space": context.space,
+        "seed": int(flat.get("seed", 0)), "status": "failed", "error": read_error(error),
+        "sparsity_set": p.sparsity_set if p else None, "target_sparsity": p.target_sparsity if p else None,
+        "lr": flat.get("lr"), "rho": flat.get("rho") if flat.get("method") == "admm" else math.nan,
+        "config_json": schema.dumps(flat), "dense_key": cfg.dense_key() if cfg else None,
+    }
+
+
+def read_error(error_file: str) -> str:
+    try:
+        with open(error_file) as f:
+            return f.read()[-2000:]
+    except OSError:
+        return error_file
+
+
+class ProgressPrinter(tune.Callback):
+    """Compact live view: one line per finished trial with the best val accuracy so far per study."""
+
+    def __init__(self, write: Callable[[str], None]):
+        self.write = write
+        self.best: dict[str, float] = {}
+        self.finished = 0
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._line(trials, trial, "done")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._line(trials, trial, "ERROR")
+
+    def _line(self, trials, trial, what: str) -> None:
+        self.finished += 1
+        r = trial.last_result or {}
+        study = trial.config.get("_study") or f"{trial.config.get('arch')}-{trial.config.get('method')}"
+        acc = r.get("final_val_acc", r.get("val_acc"))
+        if isinstance(acc, (int, float)) and not math.isnan(acc):
+            self.best[study] = max(self.best.get(study, -1.0), acc)
+        running = sum(t.status == "RUNNING" for t in trials)
+        best = "  ".join(f"{k}={v:.3f}" for k, v in sorted(self.best.items()))
+        self.write(f"[{self.finished} finished, {running} running] {trial.trial_id} {study} {what} "
+                   f"status={r.get('status', '?')} val_acc={acc}  best: {best}")

@@ -1,0 +1,219 @@
+"""Our Ray Tune searcher over several Optuna studies (one per (arch, method)), driven by ask/tell.
+
+Why not ``ray.tune.search.optuna.OptunaSearch``: with Ray 2.60 / Optuna 5.0 it tells ASHA-stopped trials as
+COMPLETE with their partial value, and after a driver kill its checkpoint is older than the Optuna storage,
+so ``Tuner.restore`` dies with UpdateFinishedTrialError (issue 3). Here the Optuna storage is the source of
+truth: every Ray trial id is a user attribute of its Optuna trial, :meth:`restore` rebuilds all state from
+the storage, a finished Optuna trial is never told again, and unknown Ray trial ids are ignored.
+
+Seeds: each configuration Optuna suggests runs as ``seeds`` Ray trials (seed 0..N-1); the Optuna trial is
+told the mean of their objectives when all are done (PRUNED if any was stopped early, FAIL if any failed).
+
+Tell rules for one Ray trial's end: COMPLETE only when its last result carries ``trial_done=True`` and
+``status == "ok"``; PRUNED when it stopped without the done marker (ASHA); FAIL on error or divergence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+log = logging.getLogger(__name__)
+
+ATTR_RAY = "ray_trial_"  # + seed: the Ray trial id that runs this seed
+ATTR_RESULT = "result_"  # + seed: {"state": "ok"|"pruned"|"fail", "values": [...]}
+META_KEYS = ("_study", "_optuna_trial", "_space")  # keys our trainable strips before TrialConfig
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """One study: name, the fixed flat config of its trials, and how to ask for the searched ones."""
+
+    name: str
+    fixed: dict[str, Any]  # arch, method, epochs, dataset, --set values ...
+    ask: Callable[[optuna.Trial], dict[str, Any]]  # suggest the searched parameters (sweep.spaces.suggest)
+    objectives: tuple[str, ...]  # result keys, maximised: ("final_val_acc",) or (+ "achieved_sparsity")
+
+
+class MultiStudySearcher(Searcher):
+    """Searches ``trials`` configurations per study, each run with ``seeds`` seeds.
+
+    Thread safety: Tune calls a searcher from the driver's event loop only. Mutates the Optuna storage.
+    """
+
+    def __init__(self, storage_path: str, studies: list[StudySpec], *, trials: int, seeds: int = 1,
+                 sampler: str = "tpe", max_concurrent: int = 0, metric: str = "val_acc", mode: str = "max"):
+        super().__init__(metric=metric, mode=mode)
+        self.storage_path = storage_path
+        self.specs = {s.name: s for s in studies}
+        self.trials = trials
+        self.seeds = seeds
+        self.sampler = sampler
+        self.max_concurrent = max_concurrent  # 0: no limit (Tune's resources limit it)
+        self._open()
+
+    def _open(self) -> None:
+        self.storage = open_storage(self.storage_path)
+        self.studies = {name: self._open_study(spec) for name, spec in self.specs.items()}
+        self.live: dict[str, tuple[str, int, int]] = {}  # ray id -> (study, optuna trial number, seed)
+        self.open_seeds: list[tuple[str, int, int]] = []  # (study, number, seed) not yet handed to Ray
+        self.rebuild_from_storage()
+
+    def __getstate__(self) -> dict:
+        # Tune pickles the searcher into tuner.pkl: keep only what rebuilds it; the storage is the state.
+        return {k: v for k, v in self.__dict__.items() if k not in ("storage", "studies", "live", "open_seeds")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._open()
+
+    def _open_study(self, spec: StudySpec) -> optuna.Study:
+        return optuna.create_study(storage=self.storage, study_name=spec.name, load_if_exists=True,
+                                   directions=["maximize"] * len(spec.objectives),
+                                   sampler=make_sampler(self.sampler, len(spec.objectives)))
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        self.max_concurrent = max_concurrent
+        return True
+
+    # -- state, always derived from the storage ------------------------------------------------------
+    def rebuild_from_storage(self) -> None:
+        """Rebuild the live map and the seeds still to run from the Optuna storage (after restore too).
+
+        A RUNNING Optuna trial's seeds with a Ray id stay live (Tune resumes them); seeds with neither a Ray id
+        nor a result are handed out again by suggest().
+        """
+        self.live.clear()
+        self.open_seeds.clear()
+        for name, study in self.studies.items():
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                for seed in range(self.seeds):
+                    ray_id = t.user_attrs.get(f"{ATTR_RAY}{seed}")
+                    if f"{ATTR_RESULT}{seed}" in t.user_attrs:
+                        continue
+                    if ray_id:
+                        self.live[ray_id] = (name, t.number, seed)
+                    else:
+                        self.open_seeds.append((name, t.number, seed))
+
+    def save(self, checkpoint_path: str) -> None:
+        # Nothing to save: the storage holds everything; a marker keeps Tune's restore path happy.
+        with open(checkpoint_path, "w") as f:
+            json.dump({"source_of_truth": "optuna storage"}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.rebuild_from_storage()
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # metric/mode are ours; Tune's param_space only carries constants
+
+    # -- Tune API ------------------------------------------------------------------------------------
+    def suggest(self, trial_id: str) -> dict | None:
+        """Next config: a pending seed of a running configuration first, else ask the study with the fewest
+        configurations so far. Returns Searcher.FINISHED when every study has ``trials`` configurations."""
+        if self.max_concurrent and len(self.live) >= self.max_concurrent:
+            return None  # Tune asks again later
+        if self.open_seeds:
+            name, number, seed = self.open_seeds.pop(0)
+            return self._hand_out(trial_id, name, number, seed)
+        counts = {n: len(s.get_trials(deepcopy=False)) for n, s in self.studies.items()}
+        name = min(counts, key=lambda n: (counts[n], n))
+        if counts[name] >= self.trials:
+            return Searcher.FINISHED
+        study = self.studies[name]
+        trial = study.ask()
+        params = self.specs[name].ask(trial)
+        trial.set_user_attr("params_json", json.dumps(params, sort_keys=True, default=str))
+        self.open_seeds.extend((name, trial.number, s) for s in range(1, self.seeds))
+        return self._hand_out(trial_id, name, trial.number, 0)
+
+    def _hand_out(self, ray_id: str, name: str, number: int, seed: int) -> dict:
+        study = self.studies[name]
+        frozen = study.get_trials(deepcopy=False)[number]
+        self.storage.set_trial_user_attr(frozen._trial_id, f"{ATTR_RAY}{seed}", ray_id)
+        self.live[ray_id] = (name, number, seed)
+        params = json.loads(frozen.user_attrs["params_json"])
+        return {**self.specs[name].fixed, **params, "seed": seed,
+                "_study": name, "_optuna_trial": number}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass  # intermediate values are not told: ASHA, not Optuna, does the early stopping
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Record this seed's end in the storage; tell Optuna once every seed of the configuration ended.
+
+        Unknown ids (e.g. from before a restore, already told) are ignored.
+        """
+        key = self.live.pop(trial_id, None)
+        if key is None:
+            log.debug("ignoring unknown or already finished trial %s", trial_id)
+            return
+        name, number, seed = key
+        study = self.studies[name]
+        frozen = study.get_trials(deepcopy=False)[number]
+        if frozen.state.is_finished():
+            return  # never tell twice
+        outcome = classify(result, error, self.specs[name].objectives)
+        self.storage.set_trial_user_attr(frozen._trial_id, f"{ATTR_RESULT}{seed}", outcome)
+        frozen = study.get_trials(deepcopy=False)[number]
+        results = [frozen.user_attrs.get(f"{ATTR_RESULT}{s}") for s in range(self.seeds)]
+        if any(r is None for r in results):
+            return
+        tell(study, number, results)
+
+
+def classify(result: dict | None, error: bool, objectives: tuple[str, ...]) -> dict:
+    """One Ray trial's outcome: ok with objective values, pruned (stopped early), or fail."""
+    if error or result is None:
+        return {"state": "fail", "why": "error"}
+    if result.get("status") == "diverged":
+        return {"state": "fail", "why": "diverged"}
+    if not result.get("trial_done"):
+        return {"state": "pruned"}
+    values = [result.get(k) for k in objectives]
+    if result.get("status") != "ok" or any(v is None for v in values):
+        return {"state": "fail", "why": f"status {result.get('status')!r}, objectives {values}"}
+    return {"state": "ok", "values": [float(v) for v in values]}
+
+
+def tell(study: optuna.Study, number: int, results: list[dict]) -> None:
+    """FAIL if any seed failed, else PRUNED if any was stopped early, else COMPLETE with the mean."""
+    states = {r["state"] for r in results}
+    if "fail" in states:
+        study.tell(number, state=TrialState.FAIL)
+    elif "pruned" in states:
+        study.tell(number, state=TrialState.PRUNED)
+    else:
+        n = len(results[0]["values"])
+        mean = [sum(r["values"][i] for r in results) / len(results) for i in range(n)]
+        study.tell(number, mean if n > 1 else mean[0])
+
+
+SAMPLERS = ("tpe", "gp", "nsga2")
+
+
+def make_sampler(name: str, n_objectives: int) -> optuna.samplers.BaseSampler:
+    """TPE (default), GP or NSGA-II, seeded so a sweep's suggestions are reproducible."""
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=0)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=0)
+    return optuna.samplers.TPESampler(seed=0, multivariate=True)
+
+
+def open_storage(path: str) -> optuna.storages.BaseStorage:
+    """The experiment's Optuna storage: a journal file.
+
+    Journal, not SQLite: it is append-only with a file lock that works across processes and on NFS-like
+    shared folders without a database server, and optuna-dashboard opens it
+    (``optuna-dashboard <experiment>/optuna.journal``).
+    """
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
