@@ -138,16 +138,20 @@ def find_optuna_storage(exp: str) -> str | None:
     ``*.journal`` journal files; tolerant because the sweep's choice may change.
     """
     meta = os.path.join(exp, "sweep.json")
+    stored = None
     if os.path.isfile(meta):
         try:
             with open(meta) as fh:
-                stored = json.load(fh).get("optuna_storage") or json.load(open(meta)).get("storage")
+                options = json.load(fh)
+            stored = options.get("optuna_storage") or options.get("storage")
         except (OSError, ValueError, AttributeError):
-            stored = None
-        if isinstance(stored, str) and stored:
-            candidate = stored if os.path.isabs(stored) or "://" in stored else os.path.join(exp, stored)
-            if "://" in candidate or os.path.exists(candidate):
-                return candidate
+            log.warning("%s: unreadable; looking for the Optuna storage by file name", meta)
+    if isinstance(stored, str) and stored:
+        if stored.startswith("sqlite:///"):
+            stored = stored[len("sqlite:///"):]
+        candidate = stored if os.path.isabs(stored) or "://" in stored else os.path.join(exp, stored)
+        if "://" in candidate or os.path.isfile(candidate):
+            return candidate
     for name in ("optuna.db", "optuna.sqlite", "optuna.sqlite3"):
         if os.path.isfile(os.path.join(exp, name)):
             return os.path.join(exp, name)

@@ -29,6 +29,7 @@ def _grid(n: int, rows: int = 1, width: float = 4.2, height: float = 3.2):
 
 
 def _empty(fig, ax, message: str):
+    fig.set_size_inches(6, 1)  # a message, not a plot: keep it short in the report
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
     ax.set_axis_off()
     return fig

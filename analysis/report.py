@@ -80,7 +80,10 @@ def _importances_from(storage_path: str) -> dict[str, dict[str, float]]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         copy = os.path.join(tmp, os.path.basename(storage_path))
-        shutil.copy2(storage_path, copy)
+        # SQLite in WAL mode keeps recent commits in side files; copy them too so nothing is lost.
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            if os.path.exists(storage_path + suffix):
+                shutil.copy2(storage_path + suffix, copy + suffix)
         if copy.endswith((".db", ".sqlite", ".sqlite3")):
             storage = optuna.storages.RDBStorage(f"sqlite:///{copy}")
         else:
@@ -157,7 +160,7 @@ def render_markdown(report: Report, figure_files: dict[str, str] | None = None) 
 CSS = ("body{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em}"
        "table{border-collapse:collapse;font-size:12px;margin-bottom:1em}"
        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#eee}"
-       "img{max-width:100%}.note{color:#a40}")
+       "img{max-width:100%}.note{color:#a40}.scroll{overflow-x:auto}")
 
 
 def render_html(report: Report) -> str:
@@ -168,7 +171,8 @@ def render_html(report: Report) -> str:
     parts += [f"<p class='note'>{html.escape(n)}</p>" for n in report.notes]
     for name, frame in report.tables.items():
         parts.append(f"<h2>{name}</h2><p>{html.escape(_caption(name, report))}</p>")
-        parts.append(_fmt(frame).to_html(index=False, border=0) if not frame.empty else "<p><i>(no rows)</i></p>")
+        body = _fmt(frame).to_html(index=False, border=0) if not frame.empty else "<p><i>(no rows)</i></p>"
+        parts.append(f"<div class='scroll'>{body}</div>")
     for name, fig in report.figures.items():
         data = base64.b64encode(figure_bytes(fig, "png")).decode()
         parts.append(f"<h2>figure: {name}</h2><p>{html.escape(FIGURE_CAPTIONS[name])}</p>"

@@ -68,9 +68,9 @@ def _trial_rows(tid, method, seed, sparsity, lr, status="ok", rng=None):
     return {"trials": [summary], "epochs": epochs, "layers": layers, "weights": weights}
 
 
-def write_trial(root, tid, method, seed, sparsity, lr, status="ok"):
+def write_trial(root, tid, method, seed, sparsity, lr, status="ok", arch=ARCH):
     for name, rows in _trial_rows(tid, method, seed, sparsity, lr, status).items():
-        schema.write_trial_table(str(root), name, rows, arch=ARCH, method=method, trial_id=tid)
+        schema.write_trial_table(str(root), name, rows, arch=arch, method=method, trial_id=tid)
 
 
 @pytest.fixture(scope="module")
@@ -356,3 +356,37 @@ def test_html_report_renders_in_chromium(cli_report, tmp_path):
     keep = os.environ.get("ANALYSIS_SCREENSHOT")  # lets a human look at the page
     if keep:
         shutil.copy(shot, keep)
+
+
+def test_partial_multi_arch_sweep_with_sqlite_storage(tmp_path, tmp_path_factory):
+    """A running sweep: two archs, one has only magnitude results, a half-written temp file exists,
+    and the Optuna storage is SQLite named in sweep.json. The report builds; missing pairs are absent."""
+    import json
+
+    import optuna
+
+    for seed in (0, 1):
+        write_trial(tmp_path, f"a{seed}", "admm", seed, 0.5, 1e-3)
+        write_trial(tmp_path, f"m{seed}", "magnitude", seed, 0.5, 1e-3)
+        write_trial(tmp_path, f"s{seed}", "magnitude", seed, 0.5, 1e-3, arch="mobilenet_v3_small")
+    half = tmp_path / "results" / "trials" / f"arch={ARCH}" / "method=admm" / ".tmp-a9-123.parquet"
+    half.write_bytes(b"PAR1 half")
+    (tmp_path / "sweep.json").write_text(json.dumps({"storage": "studies.db"}))
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = optuna.create_study(study_name="mobilenet_v3_small-magnitude", storage=storage, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-2) + 0.0 * t.suggest_int("k", 1, 3), n_trials=6)
+    del study
+    before = _hash_tree(tmp_path)
+    out = tmp_path_factory.mktemp("partial_report")
+    proc = _cli("report", str(tmp_path), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert _hash_tree(tmp_path) == before
+    comparison = (out / "tables" / "comparison.csv").read_text().splitlines()
+    assert len(comparison) == 1 + 3  # (v2, admm), (v2, magnitude), (v3_small, magnitude)
+    paired = (out / "tables" / "paired.csv").read_text().splitlines()
+    assert len(paired) == 2 and paired[1].startswith(ARCH)  # v3_small has no ADMM partner yet
+    from analysis import importance_data
+
+    assert set(importance_data([str(tmp_path)])["mobilenet_v3_small-magnitude"]) == {"lr", "k"}
+    assert _hash_tree(tmp_path) == before
