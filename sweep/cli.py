@@ -245,7 +245,7 @@ def start(args: argparse.Namespace, write: Callable[[str], None]) -> str:
     storage = check_storage(storage)
     experiment = experiment_path(storage, name)
     options = {**vars(args), "storage": storage, "name": name, "gpus_per_trial": gpus, "archs": archs,
-               "base": base}
+               "base": base, "optuna_storage": JOURNAL}
     from .ray_tune import write_bytes
 
     write_bytes(experiment, OPTIONS_FILE, json.dumps(options, indent=1, sort_keys=True).encode())
@@ -345,10 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
-        if argv[:1] == ["spaces"]:
+        args = build_parser().parse_args(argv)  # --help exits here
+        if args.command == "spaces":
             print(sp.describe_spaces())
             return 0
-        build_parser().parse_args(argv)  # --help exits here
         run_sweep(argv, write=print)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
