@@ -11,7 +11,6 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless; must precede pyplot's import
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from . import tables as T  # noqa: E402
@@ -86,7 +85,7 @@ def plot_curves(data: pd.DataFrame):
 # --- weight distributions --------------------------------------------------------------------------------
 
 def weights_data(trials: pd.DataFrame, weights: pd.DataFrame, sparsity: float | None = None,
-                 stages: tuple[str, ...] = ("pre_prune", "final")) -> pd.DataFrame:
+                 stages: tuple[str, ...] = ("dense", "pre_prune", "final")) -> pd.DataFrame:
     """Histogram counts summed over the seeds of the best config per (arch, method, stage, bin).
 
     The exact-zero row (bin_lo == bin_hi == 0) is kept as its own bin, flagged ``is_zero``.
@@ -232,8 +231,4 @@ def plot_importance(importances: dict[str, dict[str, float]]):
 def close(fig) -> None:
     """Release a figure's memory (pyplot keeps a reference to every figure it made)."""
     plt.close(fig)
-
-
-__all__ = [n for n in dir() if n.startswith(("plot_", "curves_", "weights_", "sparsity_", "admm_"))] + [
-    "best_trial_ids", "close"]
 

@@ -38,7 +38,8 @@ TABLE_CAPTIONS = {
 }
 FIGURE_CAPTIONS = {
     "curves": "Training objective and validation accuracy per epoch (best configuration, band over seeds).",
-    "weights": "Distribution of all prunable weights before pruning (pre_prune) and after fine-tuning (final).",
+    "weights": "Distribution of all prunable weights: dense model, end of the sparsify phase before projection "
+               "(pre_prune), and after masked fine-tuning (final); exact zeros counted separately (▼).",
     "sparsity": "Final validation accuracy against achieved sparsity, with each method's Pareto front.",
     "admm": "ADMM primal residual and rho per sparsify epoch (best ADMM configuration).",
     "importance": "Hyperparameter importance per Optuna study (objective: first study value).",
