@@ -287,7 +287,7 @@ def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str
     trainable = tune.with_resources(tune.with_parameters(sweep_trainable, data=splits, context=ctx),
                                     {"cpu": options["cpus_per_trial"], "gpu": options["gpus_per_trial"]})
     reports = options["sparsify_epochs"] + options["finetune_epochs"] + 1
-    callbacks = [FailedTrialWriter(ctx), ProgressPrinter(write)]
+    callbacks = [FailedTrialWriter(ctx), ProgressPrinter()]
     if resume:
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
     else:
@@ -344,6 +344,10 @@ def summarize(experiment: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    progress = logging.getLogger("sweep.progress")
+    progress.setLevel(logging.INFO)
+    progress.addHandler(logging.StreamHandler(sys.stdout))
+    progress.propagate = False
     try:
         args = build_parser().parse_args(argv)  # --help exits here
         if args.command == "spaces":

@@ -138,7 +138,8 @@ def split_config(config: dict) -> tuple[dict, dict]:
 
 def to_tune_metrics(metrics: dict) -> dict:
     """Rename ``done`` (Tune reserves it) and drop non-scalars Tune cannot aggregate."""
-    out = {("trial_done" if k == "done" else k): v for k, v in metrics.items()}
+    out = {("trial_done" if k == "done" else k): v for k, v in metrics.items()
+           if k not in ("trial_id", "config_json", "provenance_json")}  # Tune fills trial_id itself
     return {k: v for k, v in out.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
@@ -206,10 +207,13 @@ def read_error(error_file: str) -> str:
 
 
 class ProgressPrinter(tune.Callback):
-    """Compact live view: one line per finished trial with the best val accuracy so far per study."""
+    """Compact live view: one line per finished trial with the best val accuracy so far per study.
 
-    def __init__(self, write: Callable[[str], None]):
-        self.write = write
+    Lines go to the ``sweep.progress`` logger (the CLI shows it on stdout); a logger, not a callable,
+    because Tune pickles callbacks into its experiment state.
+    """
+
+    def __init__(self):
         self.best: dict[str, float] = {}
         self.finished = 0
 
@@ -228,5 +232,5 @@ class ProgressPrinter(tune.Callback):
             self.best[study] = max(self.best.get(study, -1.0), acc)
         running = sum(t.status == "RUNNING" for t in trials)
         best = "  ".join(f"{k}={v:.3f}" for k, v in sorted(self.best.items()))
-        self.write(f"[{self.finished} finished, {running} running] {trial.trial_id} {study} {what} "
+        logging.getLogger("sweep.progress").info(f"[{self.finished} finished, {running} running] {trial.trial_id} {study} {what} "
                    f"status={r.get('status', '?')} val_acc={acc}  best: {best}")
