@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 
@@ -31,10 +32,12 @@ def _tiny_config(method: str, seed: int) -> dict:
 def real_experiment(tmp_path_factory):
     trial = pytest.importorskip("trainables.trial", reason="trainables.trial (issue 2) has not landed yet")
     root = tmp_path_factory.mktemp("real_exp")
+    # Both methods of a seed start from one shared dense model (DESIGN rule 1), trained once here.
+    store = trial.FileDenseStore(str(tmp_path_factory.mktemp("dense")))
     for method in METHODS:
         for seed in SEEDS:
-            result = trial.run_trial(_tiny_config(method, seed), trial_id=f"{method}-s{seed}")
-            result.write(str(root), trial_id=f"{method}-s{seed}")
+            result = trial.run_trial(_tiny_config(method, seed), trial_id=f"{method}-s{seed}", dense_store=store)
+            result.write(str(root), trial_id=f"{method}-s{seed}", experiment="real")
     return root
 
 
@@ -85,4 +88,17 @@ def test_report_from_real_trials_matches_hand_computation(real_experiment, tmp_p
                            str(tmp_path / "report")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert _hash_tree(real_experiment) == before
-    assert (tmp_path / "report" / "report.html").read_text().count("data:image/png;base64,") == 5
+    html = tmp_path / "report" / "report.html"
+    assert html.read_text().count("data:image/png;base64,") == 5
+
+    import browser
+
+    if browser.chromium() is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium): browser check not run")
+    widths = browser.image_widths(str(html))
+    assert len(widths) == 5 and all(w > 100 for w in widths), widths
+    shot = tmp_path / "real_report.png"
+    browser.screenshot(str(html), str(shot))
+    assert shot.stat().st_size > 20_000
+    if os.environ.get("ANALYSIS_SCREENSHOT"):
+        shutil.copy(shot, os.environ["ANALYSIS_SCREENSHOT"])
