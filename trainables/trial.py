@@ -325,8 +325,11 @@ class _Trial:
             self.epochs.append(row)
             log.info("%s epoch %d loss %.4f val_acc %.4f density %.3f rho %s imgs/s %.0f", self.phase,
                      self.phase_epoch, loss, val_acc, row["density"], row["rho"], row["images_per_s"])
-            if not math.isfinite(loss):
-                self.status, self.error = "diverged", f"non-finite train loss in {self.phase} epoch {self.phase_epoch}"
+            # the epoch's last step can turn the weights non-finite after a finite loss: check both, once
+            finite_w = bool(torch.stack(torch._foreach_norm(list(self.model.parameters()))).isfinite().all())
+            if not (math.isfinite(loss) and finite_w):
+                self.status = "diverged"
+                self.error = f"non-finite train loss or weights in {self.phase} epoch {self.phase_epoch}"
                 log.warning(self.error)
                 return False
             if reported:
