@@ -309,7 +309,8 @@ def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str
         total = len(studies) * trials * options["seeds"]
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=total),
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=total,
+                                        trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
                 storage_path=storage, name=name, callbacks=callbacks, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=options["max_failures"]),
@@ -319,6 +320,12 @@ def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str
     write_bytes(experiment, "dense/builds.json", json.dumps(ray.get(actor.stats.remote())).encode())
     write(summarize(experiment))
     return experiment
+
+
+def trial_dirname(trial) -> str:
+    """Short trial folder names (Tune's default packs every config key into the name)."""
+    c = trial.config
+    return f"{c.get('_study', 'trial')}-{c.get('_optuna_trial', 0)}-s{c.get('seed', 0)}-{trial.trial_id}"
 
 
 def summarize(experiment: str) -> str:

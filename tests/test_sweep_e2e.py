@@ -1,0 +1,100 @@
+"""End-to-end sweeps through the real CLI (subprocess: real Ray local mode, real Optuna journal, real Parquet,
+real trainables.trial.run_trial on tiny models). Each test checks the results row by row."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from sweep.searcher import open_storage
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--dataset", "synthetic", "--width", "0.1", "--dense-epochs", "1", "--sparsify-epochs", "1",
+        "--finetune-epochs", "1", "--cpus-per-trial", "1", "--gpus-per-trial", "0",
+        "--set", "synthetic_train=256", "--set", "synthetic_test=64", "--set", "batch_size=64",
+        "--set", "bn_recal_batches=2", "--set", "max_threads=1"]
+EPOCHS = 3  # dense + sparsify + finetune epoch rows per trial
+
+
+def sweep(*args: str, check=True, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    r = subprocess.run([sys.executable, "-m", "sweep", *args], capture_output=True, text=True, timeout=600,
+                       env=env, **kw)
+    if check:
+        assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def study_states(experiment: str, name: str) -> list[TrialState]:
+    study = optuna.load_study(study_name=name, storage=open_storage(os.path.join(experiment, "optuna.journal")))
+    return [t.state for t in study.trials]
+
+
+def check_rows(experiment: str, n: int) -> pd.DataFrame:
+    trials = pd.read_parquet(os.path.join(experiment, "results", "trials"))
+    assert len(trials) == n and trials["trial_id"].is_unique
+    epochs = pd.read_parquet(os.path.join(experiment, "results", "epochs"))
+    assert not epochs.duplicated(["trial_id", "phase", "epoch"]).any()
+    ok = trials[trials["status"] == "ok"]
+    counts = epochs.groupby("trial_id").size()
+    assert (counts.loc[ok["trial_id"]] == EPOCHS).all(), counts
+    assert (ok["epochs_run"] == EPOCHS).all()
+    assert ((ok["achieved_sparsity"] - ok["target_sparsity"]).abs() < 1e-3).all()
+    return trials
+
+
+def test_compare_space_two_studies_multiobjective_dense_built_once(tmp_path):
+    r = sweep("run", "--space", "compare", "--local", "--trials", "2", "--storage", str(tmp_path), "--name", "c",
+              *TINY)
+    exp = str(tmp_path / "c")
+    assert "mobilenet_v2-admm" in r.stdout and f"python -m analysis report {exp}" in r.stdout
+    trials = check_rows(exp, 4)
+    assert sorted(trials.groupby("method").size().items()) == [("admm", 2), ("magnitude", 2)]
+    assert set(trials["study"]) == {"mobilenet_v2-admm", "mobilenet_v2-magnitude"}
+    for name in ("mobilenet_v2-admm", "mobilenet_v2-magnitude"):
+        study = optuna.load_study(study_name=name, storage=open_storage(os.path.join(exp, "optuna.journal")))
+        assert len(study.directions) == 2  # final_acc and sparsity: a Pareto front
+        assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    builds = json.load(open(os.path.join(exp, "dense", "builds.json")))
+    assert list(builds.values()) == [1], builds  # one dense key (same arch/seed/recipe), built once for 4 trials
+    assert trials["dense_key"].nunique() == 1
+
+
+def test_diverged_trials_end_diverged_and_fail_in_optuna(tmp_path):
+    sweep("run", "--space", "baseline", "--local", "--trials", "2", "--storage", str(tmp_path), "--name", "d",
+          *TINY, "--set", "optimizer=sgd", "--set", "lr=10", "--set", "finetune_lr_scale=100", "--set", "momentum=0.99",
+          "--set", "sparsity=0.5")
+    exp = str(tmp_path / "d")
+    trials = pd.read_parquet(os.path.join(exp, "results", "trials"))
+    assert len(trials) == 2 and set(trials["status"]) == {"diverged"}, trials[["status", "error"]]
+    assert study_states(exp, "mobilenet_v2-magnitude") == [TrialState.FAIL] * 2
+
+
+def test_resume_after_sigkill_finishes_exactly_the_planned_trials(tmp_path):
+    args = ["run", "--space", "admm", "--local", "--trials", "3", "--max-concurrent", "1",
+            "--storage", str(tmp_path), "--name", "k", *TINY]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "sweep", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    exp = tmp_path / "k"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((exp / "results" / "trials").rglob("*.parquet")):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray processes, no goodbye
+    proc.wait()
+    done_before = len(list((exp / "results" / "trials").rglob("*.parquet")))
+    assert 1 <= done_before < 3, "kill landed outside the sweep: the test tests nothing"
+    r = sweep("resume", "k", "--local", "--storage", str(tmp_path), check=False)
+    assert r.returncode == 0 and "UpdateFinishedTrialError" not in r.stderr, r.stderr[-3000:]
+    check_rows(str(exp), 3)
+    assert study_states(str(exp), "mobilenet_v2-admm") == [TrialState.COMPLETE] * 3
