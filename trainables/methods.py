@@ -183,7 +183,8 @@ class ADMM(PruningMethod):
 
     @torch.no_grad()
     def before_step(self, params):
-        diff = torch._foreach_sub([p.detach() for p in params], self.Z)
+        # no per-parameter .detach(): under no_grad foreach ops read the parameters directly (one op each)
+        diff = torch._foreach_sub(params, self.Z)
         torch._foreach_add_(diff, self.U)
         torch._foreach_add_([p.grad for p in params], diff, alpha=self.rho)
 

@@ -1,0 +1,123 @@
+"""python -m trainables.bench: measured speed figures next to their targets (issue 2 "Speed")."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from trainables.data import Loader
+from trainables.methods import ADMM, Dense, MaskedFinetune
+from trainables.models import build_model
+from trainables.sparsity import make_sparsity_set, prunable_parameters
+
+
+class _OpCounter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def bench_augmentation(n: int, batch_size: int) -> tuple[float, float]:
+    """Images/s of data.Loader vs torchvision DataLoader with PIL transforms."""
+    import torchvision.transforms as T
+    from PIL import Image
+    x, y = _images(n)
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    loader = Loader(x, y, batch_size=batch_size, shuffle=True, augment=True, mean=mean, std=std)
+    t = time.perf_counter()
+    for _ in loader.batches(0):
+        pass
+    ours = n / (time.perf_counter() - t)
+    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    pil = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in x]
+
+    class DS(torch.utils.data.Dataset):
+        def __len__(self):
+            return n
+
+        def __getitem__(self, i):
+            return tf(pil[i]), y[i]
+
+    t = time.perf_counter()
+    for _ in torch.utils.data.DataLoader(DS(), batch_size=batch_size, shuffle=True):
+        pass
+    theirs = n / (time.perf_counter() - t)
+    return ours, theirs
+
+
+def _step(model, params, opt, method, x, y):
+    out = model(x)
+    loss = F.cross_entropy(out, y)
+    opt.zero_grad(set_to_none=False)
+    loss.backward()
+    method.before_step(params)
+    opt.step()
+    method.after_step(params, 1)
+
+
+def bench_steps(arch: str, width: float, batch_size: int, steps: int) -> dict:
+    torch.manual_seed(0)
+    model = build_model(arch, width=width)
+    params = [p for _, p in prunable_parameters(model)]
+    x, y = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
+    sset = make_sparsity_set("uniform", 0.5)
+    admm = ADMM(sset, rho=0.01, interval=1, unit="epoch")
+    admm.on_phase_start(params, steps)
+    masks = [m.float() for m in sset.masks([p.detach() for p in params])]
+    methods = {"plain": Dense(), "admm": admm, "masked": MaskedFinetune(masks)}
+    res = {}
+    for name, method in methods.items():
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        _step(model, params, opt, method, x, y)  # warm-up (creates optimizer state)
+        counter = _OpCounter()
+        with counter:
+            _step(model, params, opt, method, x, y)
+        t = time.perf_counter()
+        for _ in range(steps):
+            _step(model, params, opt, method, x, y)
+        res[name] = (counter.count, (time.perf_counter() - t) / steps)
+    pbytes = sum(p.numel() * p.element_size() for p in params)
+    state = sum(t.numel() * t.element_size() for t in admm.Z + admm.U)
+    res["memory_ratio"] = state / pbytes
+    res["mask_ratio"] = sum(m.numel() * m.element_size() for m in masks) / pbytes
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m trainables.bench")
+    ap.add_argument("--arch", default="mobilenet_v2")
+    ap.add_argument("--width", type=float, default=0.5)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--images", type=int, default=4096)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    ours, theirs = bench_augmentation(a.images, 256)
+    print(f"augmentation: Loader {ours:.0f} img/s, torchvision+PIL {theirs:.0f} img/s, "
+          f"ratio {ours / theirs:.1f}x (target >= 4x)")
+    r = bench_steps(a.arch, a.width, a.batch_size, a.steps)
+    plain_ops, plain_t = r["plain"]
+    for name, target in (("admm", 1.02), ("masked", 1.01)):
+        ops, t = r[name]
+        print(f"{name} step: ATen ops {ops} vs plain {plain_ops}, ratio {ops / plain_ops:.3f} (target <= {target}); "
+              f"wall {t * 1e3:.1f} ms vs {plain_t * 1e3:.1f} ms, ratio {t / plain_t:.3f}")
+    print(f"pruning state memory: ADMM Z+U {r['memory_ratio']:.2f} x prunable bytes, masks {r['mask_ratio']:.2f} x "
+          f"(target <= 2.5)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
