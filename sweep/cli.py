@@ -180,7 +180,8 @@ def init_ray(local: bool) -> None:
     if ray.is_initialized():
         return
     if local:
-        ray.init()
+        # address="local": always a new instance here; plain ray.init() may join another Ray on this machine
+        ray.init(address="local")
         return
     try:
         ray.init(address="auto")
