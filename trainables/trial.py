@@ -167,7 +167,6 @@ def train_epoch(model, params, loader: Loader, optimizer, method: PruningMethod,
     """One epoch of the ONE loop; returns (mean loss, mean objective, steps). Syncs once, at the end."""
     model.train()
     loss_sum = torch.zeros((), device=device)
-    pen_sum = torch.zeros((), device=device)
     steps = 0
     for x, y in loader.batches(epoch):
         with _autocast(device):
@@ -180,10 +179,10 @@ def train_epoch(model, params, loader: Loader, optimizer, method: PruningMethod,
         steps += 1
         method.after_step(params, step0 + steps)
         loss_sum += loss.detach()
-        if isinstance(method, ADMM):
-            pen_sum += method.penalty(params)
     n = max(steps, 1)
-    return float(loss_sum) / n, float(loss_sum + pen_sum) / n, steps
+    # the penalty is evaluated once, at the epoch's end weights, to keep the step free of extra ops
+    pen = float(method.penalty(params)) if params else 0.0
+    return float(loss_sum) / n, float(loss_sum) / n + pen, steps
 
 
 def _density(params) -> float:
