@@ -94,6 +94,12 @@ def test_histogram_totals():
     assert rows[0]["count"] >= 1 and rows[-2]["count"] >= 1  # clamped outliers
 
 
+def test_histogram_leaves_out_non_finite_values():
+    rows = weight_histogram([torch.tensor([float("nan"), float("inf"), -float("inf"), 0.25, 0.0])])
+    assert sum(r["count"] for r in rows) == 2 and rows[-1]["count"] == 1
+    assert [r["bin_lo"] for r in rows if r["count"] and r["bin_lo"] != r["bin_hi"]] == [0.25]
+
+
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 

@@ -221,13 +221,14 @@ def weight_histogram(tensors: list[Tensor]) -> list[dict]:
     """Histogram rows (bin_lo, bin_hi, count) over schema.HIST_BINS bins in schema.HIST_RANGE.
 
     Values outside the range clamp into the edge bins; exact zeros are counted in one extra row with
-    bin_lo == bin_hi == 0.0. Counts sum to the total numel.
+    bin_lo == bin_hi == 0.0. Non-finite values (a diverged model) are left out rather than poisoning the
+    bins; for finite weights the counts sum to the total numel.
     """
     lo, hi = schema.HIST_RANGE
     bins = schema.HIST_BINS
     flat = torch.cat([t.detach().flatten().float().cpu() for t in tensors]) if tensors else torch.zeros(0)
     zeros = int((flat == 0).sum())
-    nz = flat[flat != 0]
+    nz = flat[(flat != 0) & flat.isfinite()]
     idx = ((nz - lo) / (hi - lo) * bins).floor().clamp(0, bins - 1).long()
     counts = torch.bincount(idx, minlength=bins).tolist()
     width = (hi - lo) / bins

@@ -406,11 +406,12 @@ class _Trial:
         if not resumed:
             self._dense()
             if self.status == "ok":
-                self._measure("pre_prune")
-                self._histogram("pre_prune")
                 self._start_phase("sparsify")
         if self.status == "ok" and self.phase == "sparsify":
             if self._run_phase(reported=True):
+                # pre-prune (DESIGN.md): the end of the sparsify phase, right before the hard projection
+                self._measure("pre_prune")
+                self._histogram("pre_prune")
                 self._project()
                 self._start_phase("finetune")
         if self.status == "ok" and self.phase == "finetune":
