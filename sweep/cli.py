@@ -190,17 +190,58 @@ def init_ray(local: bool) -> None:
                                     "machine, or start a cluster (ray up cluster.yaml / ray start --head)") from None
 
 
-def check_resources(cpus: float, gpus: float) -> None:
-    """Impossible per-trial resources (more than the biggest node has) -> UsageError."""
+AUTOSCALER_CONFIG = "~/ray_bootstrap_config.yaml"  # where Ray's cluster launcher leaves it on the head
+
+
+def check_resources(cpus: float, gpus: float, *, local: bool = True,
+                    autoscaler_config: str = AUTOSCALER_CONFIG) -> None:
+    """Impossible per-trial resources -> UsageError.
+
+    Possible means: an alive node has them, or (on a cluster, not --local) a node type the autoscaler may
+    start declares them. An autoscaling cluster at rest is a head with 0 CPUs and no workers, so alive
+    nodes alone would reject every sweep. A node type without declared resources (Ray detects them when the
+    node starts) is given the benefit of the doubt, with a warning.
+    """
     import ray
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    max_cpu = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
-    max_gpu = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
+        return
+    types = {} if local else autoscaler_node_types(os.path.expanduser(autoscaler_config))
+    undeclared = [name for name, r in types.items() if r is None]
+    if any(r is not None and r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in types.values()):
+        log.warning("no node has %g CPU / %g GPU now: trials wait for the autoscaler to start one", cpus, gpus)
+        return
+    if undeclared:
+        log.warning("no alive node has %g CPU / %g GPU; trusting the autoscaler's node types %s (resources "
+                    "detected at start)", cpus, gpus, ", ".join(undeclared))
+        return
+    sizes = [*nodes, *(r for r in types.values() if r)]
+    max_cpu = max((r.get("CPU", 0) for r in sizes), default=0)
+    max_gpu = max((r.get("GPU", 0) for r in sizes), default=0)
+    where = "the biggest node" + (" (alive or autoscalable)" if types else "")
     if cpus > max_cpu:
-        raise UsageError("--cpus-per-trial", f"{cpus:g} CPUs per trial but the biggest node has {max_cpu:g}")
-    if gpus > max_gpu:
-        raise UsageError("--gpus-per-trial", f"{gpus:g} GPUs per trial but the biggest node has {max_gpu:g}")
+        raise UsageError("--cpus-per-trial", f"{cpus:g} CPUs per trial but {where} has {max_cpu:g}")
+    raise UsageError("--gpus-per-trial", f"{gpus:g} GPUs per trial but {where} has {max_gpu:g}"
+                     + (" (CPU only: pass --gpus-per-trial 0)" if max_gpu == 0 else ""))
+
+
+def autoscaler_node_types(path: str) -> dict[str, dict | None]:
+    """Node types the autoscaler may start (max_workers > 0): name -> declared resources, or None when the
+    type declares none (detected at start). Empty when this is not a launcher-started head."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f) or {}
+    except OSError:
+        return {}
+    out: dict[str, dict | None] = {}
+    for name, spec in (config.get("available_node_types") or {}).items():
+        if name == config.get("head_node_type") or int(spec.get("max_workers", config.get("max_workers", 0)) or 0) <= 0:
+            continue
+        out[name] = dict(spec["resources"]) if spec.get("resources") else None
+    return out
 
 
 def default_gpus() -> float:
@@ -242,7 +283,7 @@ def start(args: argparse.Namespace, write: Callable[[str], None]) -> str:
                                    f"`python -m sweep resume {name}` or another --name (nothing overwritten)")
     init_ray(args.local)
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else default_gpus()
-    check_resources(args.cpus_per_trial, gpus)
+    check_resources(args.cpus_per_trial, gpus, local=args.local)
     storage = check_storage(storage)
     experiment = experiment_path(storage, name)
     options = {**vars(args), "storage": storage, "name": name, "gpus_per_trial": gpus, "archs": archs,
@@ -274,7 +315,7 @@ def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str
 
     from trainables.data import load_splits
 
-    from .ray_tune import DenseStoreActor, FailedTrialWriter, ProgressPrinter, TrialContext, sweep_trainable
+    from .ray_tune import FailedTrialWriter, ProgressPrinter, TrialContext, start_dense_store, sweep_trainable
     from .ray_tune import write_bytes
     from .searcher import MultiStudySearcher, StudySpec
 
@@ -283,7 +324,8 @@ def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str
     base = options["base"]
     splits = load_splits(TrialConfig.from_dict({**base, "arch": options["archs"][0]}).data)  # once per sweep
     actor_name = f"dense-store-{name}"
-    actor = DenseStoreActor.options(name=actor_name, get_if_exists=True).remote(experiment)
+    # the handle must live as long as the sweep: a non-detached actor dies with its last handle
+    dense_store = start_dense_store(actor_name, experiment)  # dense/builds.json: its build counts
     ctx = TrialContext(experiment=experiment, name=name, space=space.name, dense_actor=actor_name)
     trainable = tune.with_resources(tune.with_parameters(sweep_trainable, data=splits, context=ctx),
                                     {"cpu": options["cpus_per_trial"], "gpu": options["gpus_per_trial"]})
@@ -318,7 +360,7 @@ def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
     tuner.fit()
-    write_bytes(experiment, "dense/builds.json", json.dumps(ray.get(actor.stats.remote())).encode())
+    del dense_store
     write(summarize(experiment))
     return experiment
 

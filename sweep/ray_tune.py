@@ -41,44 +41,90 @@ class TrialContext:
 
 
 # -- dense store -------------------------------------------------------------------------------------
-@ray.remote(num_cpus=0)
+LEASE_S = 120.0  # a builder that has not renewed its grant for this long is presumed dead (node lost)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class DenseStoreActor:
     """Grants one builder per key; keeps payloads in memory and persists them to ``<experiment>/dense``.
 
-    State: ``payloads`` (key -> bytes), ``building`` (keys granted, not yet delivered), ``builds`` (count of
-    grants per key; the test's "built once" evidence). A builder that raises gives its grant back.
+    State: ``payloads`` (key -> bytes), ``leases`` (key -> (token, last renewal) of the builder at work),
+    ``builds`` (grants per key; the test's "built once" evidence, also kept in ``dense/builds.json``).
+    A builder renews its lease while it trains; one that raises gives the lease back, one whose node died
+    stops renewing and its lease expires, so a waiting trial is granted the build instead of waiting forever.
+    Persisted payloads make a restarted actor (``max_restarts``) and a resumed sweep reuse finished models.
     """
 
-    def __init__(self, experiment: str):
-        self.experiment = experiment
-        self.payloads: dict[str, bytes] = {}
-        self.building: set[str] = set()
-        self.builds: dict[str, int] = {}
+    def __init__(self, experiment: str, lease_s: float = LEASE_S):
+        import json as _json
 
-    def acquire(self, key: str) -> tuple[str, bytes | None]:
-        """("ready", payload) | ("build", None): caller must build and put() | ("wait", None)."""
+        self.experiment = experiment
+        self.lease_s = lease_s
+        self.payloads: dict[str, bytes] = {}
+        self.leases: dict[str, tuple[str, float]] = {}
+        stored = read_bytes(experiment, posixpath.join(DENSE_DIR, "builds.json"))
+        self.builds: dict[str, int] = _json.loads(stored) if stored else {}
+
+    def acquire(self, key: str) -> tuple[str, bytes | str | None]:
+        """("ready", payload) | ("build", token): build, then put(key, token, payload) | ("wait", None)."""
+        import uuid
+
         if key not in self.payloads:
             stored = read_bytes(self.experiment, posixpath.join(DENSE_DIR, f"{key}.bin"))
             if stored is not None:
                 self.payloads[key] = stored  # resume: the persisted dense model is reused
         if key in self.payloads:
             return "ready", self.payloads[key]
-        if key in self.building:
+        lease = self.leases.get(key)
+        if lease is not None and time.monotonic() - lease[1] < self.lease_s:
             return "wait", None
-        self.building.add(key)
+        if lease is not None:
+            log.warning("dense build of %s: builder silent for %.0f s, granting the build again", key, self.lease_s)
+        token = uuid.uuid4().hex
+        self.leases[key] = (token, time.monotonic())
         self.builds[key] = self.builds.get(key, 0) + 1
-        return "build", None
+        self._save_builds()
+        return "build", token
 
-    def put(self, key: str, payload: bytes) -> None:
-        write_bytes(self.experiment, posixpath.join(DENSE_DIR, f"{key}.bin"), payload)
-        self.payloads[key] = payload
-        self.building.discard(key)
+    def renew(self, key: str, token: str) -> bool:
+        """Keep a build lease alive; False when it was lost (expired and granted to another trial)."""
+        if self.leases.get(key, (None,))[0] != token:
+            return False
+        self.leases[key] = (token, time.monotonic())
+        return True
 
-    def release(self, key: str) -> None:
-        self.building.discard(key)
+    def put(self, key: str, token: str, payload: bytes) -> None:
+        if key not in self.payloads:  # a late builder whose lease expired still delivers a valid model
+            write_bytes(self.experiment, posixpath.join(DENSE_DIR, f"{key}.bin"), payload)
+            self.payloads[key] = payload
+        if self.leases.get(key, (None,))[0] == token:
+            del self.leases[key]
+
+    def release(self, key: str, token: str) -> None:
+        if self.leases.get(key, (None,))[0] == token:
+            del self.leases[key]
 
     def stats(self) -> dict[str, int]:
         return dict(self.builds)
+
+    def lease_seconds(self) -> float:
+        return self.lease_s
+
+    def _save_builds(self) -> None:
+        import json as _json
+
+        write_bytes(self.experiment, posixpath.join(DENSE_DIR, "builds.json"), _json.dumps(self.builds).encode())
+
+
+def start_dense_store(name: str, experiment: str, lease_s: float = LEASE_S):
+    """The sweep's dense store, pinned to the driver's node (it dies with the driver, never with a worker)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return DenseStoreActor.options(
+        name=name, get_if_exists=True,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
+    ).remote(experiment, lease_s)
 
 
 class RayDenseStore:
@@ -90,18 +136,37 @@ class RayDenseStore:
 
     def get_or_build(self, key: str, build: Callable[[], bytes]) -> bytes:
         while True:
-            state, payload = ray.get(self.actor.acquire.remote(key))
+            state, value = ray.get(self.actor.acquire.remote(key))
             if state == "ready":
-                return payload
+                return value
             if state == "build":
-                try:
-                    payload = build()
-                except BaseException:
-                    ray.get(self.actor.release.remote(key))
-                    raise
-                ray.get(self.actor.put.remote(key, payload))
-                return payload
+                return self._build(key, value, build)
             time.sleep(self.poll_s)
+
+    def _build(self, key: str, token: str, build: Callable[[], bytes]) -> bytes:
+        import threading
+
+        stop = threading.Event()
+        every = ray.get(self.actor.lease_seconds.remote()) / 4
+
+        def renew() -> None:
+            while not stop.wait(every):
+                try:
+                    ray.get(self.actor.renew.remote(key, token))
+                except Exception:  # noqa: BLE001 - renewal is best effort; the build goes on
+                    log.debug("lease renewal of %s failed", key, exc_info=True)
+
+        thread = threading.Thread(target=renew, daemon=True, name=f"dense-lease-{key[:8]}")
+        thread.start()
+        try:
+            payload = build()
+        except BaseException:
+            stop.set()
+            ray.get(self.actor.release.remote(key, token))
+            raise
+        stop.set()
+        ray.get(self.actor.put.remote(key, token, payload))
+        return payload
 
 
 def read_bytes(root: str, rel: str) -> bytes | None:
@@ -149,6 +214,12 @@ def sweep_trainable(config: dict, data: Any = None, context: TrialContext | None
 
     flat, meta = split_config(config)
     trial_id = tune.get_context().get_trial_id()
+    done = finished_row(context.experiment, flat, trial_id)
+    if done is not None:
+        # the driver died after this trial wrote its results but before Tune recorded its end: on resume
+        # it reports its stored end instead of training again
+        tune.report({**to_tune_metrics(done), "val_acc": done.get("final_val_acc"), "trial_done": True})
+        return
     store = RayDenseStore(context.dense_actor)
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
@@ -166,6 +237,22 @@ def sweep_trainable(config: dict, data: Any = None, context: TrialContext | None
     result.write(context.experiment, trial_id=trial_id, experiment=context.name,
                  extra={"study": meta.get("_study", ""), "optuna_trial": int(meta.get("_optuna_trial", -1)),
                         "space": context.space})
+
+
+def finished_row(experiment: str, flat: dict, trial_id: str) -> dict | None:
+    """This trial's trials-table row when it already ended ok or diverged, else None."""
+    import pyarrow.parquet as pq
+
+    fs, base = schema.resolve(experiment)
+    path = posixpath.join(base, schema.RESULTS_DIR, "trials", f"arch={flat.get('arch')}",
+                          f"method={flat.get('method')}", f"{trial_id}.parquet")
+    try:
+        rows = pq.read_table(path, filesystem=fs).to_pylist()
+    except (FileNotFoundError, OSError):
+        return None
+    if not rows or rows[0].get("status") not in ("ok", "diverged"):
+        return None
+    return rows[0]
 
 
 # -- callbacks -----------------------------------------------------------------------------------------

@@ -15,8 +15,12 @@ Tell rules for one Ray trial's end: COMPLETE only when its last result carries `
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import posixpath
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -50,7 +54,7 @@ class MultiStudySearcher(Searcher):
     def __init__(self, storage_path: str, studies: list[StudySpec], *, trials: int, seeds: int = 1,
                  sampler: str = "tpe", max_concurrent: int = 0, metric: str = "val_acc", mode: str = "max"):
         super().__init__(metric=metric, mode=mode)
-        self.storage_path = storage_path
+        self.storage_path = storage_path  # <experiment>/optuna.journal: a local path or a URI
         self.specs = {s.name: s for s in studies}
         self.trials = trials
         self.seeds = seeds
@@ -59,7 +63,8 @@ class MultiStudySearcher(Searcher):
         self._open()
 
     def _open(self) -> None:
-        self.storage = open_storage(self.storage_path)
+        self.journal = JournalMirror(self.storage_path)
+        self.storage = open_storage(self.journal.local)
         self.studies = {name: self._open_study(spec) for name, spec in self.specs.items()}
         self.live: dict[str, tuple[str, int, int]] = {}  # ray id -> (study, optuna trial number, seed)
         self.open_seeds: list[tuple[str, int, int]] = []  # (study, number, seed) not yet handed to Ray
@@ -67,7 +72,8 @@ class MultiStudySearcher(Searcher):
 
     def __getstate__(self) -> dict:
         # Tune pickles the searcher into tuner.pkl: keep only what rebuilds it; the storage is the state.
-        return {k: v for k, v in self.__dict__.items() if k not in ("storage", "studies", "live", "open_seeds")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("storage", "studies", "live", "open_seeds",
+                                                                      "journal")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -108,7 +114,20 @@ class MultiStudySearcher(Searcher):
             json.dump({"source_of_truth": "optuna storage"}, f)
 
     def restore(self, checkpoint_path: str) -> None:
+        """Tune restores a killed sweep: rebuild from the storage, then reconcile with Tune's own state.
+
+        The driver can die after a seed was handed to a new Ray trial (its id already in the storage) but
+        before Tune saved that trial in its experiment state: Tune will never run it again, so the seed
+        is handed out afresh instead of waiting (and holding a concurrency slot) forever.
+        """
         self.rebuild_from_storage()
+        known = tune_trial_ids(posixpath.dirname(self.storage_path))
+        if known is None:
+            log.warning("no Tune experiment state next to %s: cannot reconcile live trials", self.storage_path)
+            return
+        for ray_id in [r for r in self.live if r not in known]:
+            log.info("trial %s was handed out but never saved by Tune: its seed runs again", ray_id)
+            self.open_seeds.append(self.live.pop(ray_id))
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # metric/mode are ours; Tune's param_space only carries constants
@@ -138,6 +157,7 @@ class MultiStudySearcher(Searcher):
         frozen = study.get_trials(deepcopy=False)[number]
         self.storage.set_trial_user_attr(frozen._trial_id, f"{ATTR_RAY}{seed}", ray_id)
         self.live[ray_id] = (name, number, seed)
+        self.journal.push()
         params = json.loads(frozen.user_attrs["params_json"])
         return {**self.specs[name].fixed, **params, "seed": seed,
                 "_study": name, "_optuna_trial": number}
@@ -164,8 +184,10 @@ class MultiStudySearcher(Searcher):
         frozen = study.get_trials(deepcopy=False)[number]
         results = [frozen.user_attrs.get(f"{ATTR_RESULT}{s}") for s in range(self.seeds)]
         if any(r is None for r in results):
+            self.journal.push()
             return
         tell(study, number, results)
+        self.journal.push()
 
 
 def classify(result: dict | None, error: bool, objectives: tuple[str, ...]) -> dict:
@@ -205,6 +227,62 @@ def make_sampler(name: str, n_objectives: int) -> optuna.samplers.BaseSampler:
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=0)
     return optuna.samplers.TPESampler(seed=0, multivariate=True)
+
+
+class JournalMirror:
+    """Where the journal file lives while the driver writes it.
+
+    A local experiment folder: the journal itself. A URI (s3://, gs://): a local copy on the driver,
+    downloaded when opened and uploaded whole after every write (the journal is a few KB per trial and only
+    the driver writes it), so ``<experiment>/optuna.journal`` is complete in the bucket for a resume from
+    another head node and for ``python -m analysis report`` on a downloaded copy.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.remote = "://" in path and not path.startswith("file://")
+        if not self.remote:
+            self.local = path.removeprefix("file://")
+            os.makedirs(os.path.dirname(os.path.abspath(self.local)), exist_ok=True)
+            return
+        digest = hashlib.sha1(path.encode()).hexdigest()[:16]
+        folder = os.path.join(tempfile.gettempdir(), "prunesweep-journals", digest)
+        os.makedirs(folder, exist_ok=True)
+        self.local = os.path.join(folder, "optuna.journal")
+        import pyarrow.fs as pafs
+
+        self.fs, self.fs_path = pafs.FileSystem.from_uri(path)
+        try:
+            with self.fs.open_input_stream(self.fs_path) as f:
+                data = f.read()
+        except (FileNotFoundError, OSError):
+            data = b""  # a new sweep: the bucket is the truth, so no stale local copy either
+        with open(self.local, "wb") as f:
+            f.write(data)
+
+    def push(self) -> None:
+        if not self.remote:
+            return
+        with open(self.local, "rb") as f:
+            data = f.read()
+        with self.fs.open_output_stream(self.fs_path) as out:
+            out.write(data)
+
+
+def tune_trial_ids(experiment: str) -> set[str] | None:
+    """Trial ids in Tune's newest experiment state file in ``experiment`` (None when there is none)."""
+    import pyarrow.fs as pafs
+
+    fs, base = pafs.FileSystem.from_uri(experiment) if "://" in experiment else (pafs.LocalFileSystem(),
+                                                                                   os.path.abspath(experiment))
+    infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    states = sorted(i.path for i in infos if posixpath.basename(i.path).startswith("experiment_state-")
+                    and i.path.endswith(".json"))
+    if not states:
+        return None
+    with fs.open_input_stream(states[-1]) as f:
+        state = json.loads(f.read())
+    return {json.loads(trial)["trial_id"] for trial, _ in state["trial_data"]}
 
 
 def open_storage(path: str) -> optuna.storages.BaseStorage:

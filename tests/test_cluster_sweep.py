@@ -53,7 +53,9 @@ def trial_actor_nodes() -> dict[str, list[str]]:
     """Node id -> states of every trial actor Ray ever placed there (Tune's trainables)."""
     nodes: dict[str, list[str]] = {}
     for record in actor_table().values():
-        if record["ActorClassName"] in ("ImplicitFunc", "_Inner") or "trainable" in record["ActorClassName"].lower():
+        # the class name is qualified while the actor lives ("wrap_function.<locals>.ImplicitFunc")
+        name = record["ActorClassName"].rsplit(".", 1)[-1]
+        if name in ("ImplicitFunc", "_Inner") or "trainable" in name.lower():
             nodes.setdefault(record["Address"]["NodeID"], []).append(record["State"])
     return nodes
 
