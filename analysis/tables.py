@@ -187,13 +187,15 @@ def _paired_stats(diff: np.ndarray) -> dict:
 
 
 def accounting(trials: pd.DataFrame) -> pd.DataFrame:
-    """Sweep accounting per (arch, method): trials run, ok, diverged, failed, compute hours (sum wall time)."""
+    """Sweep accounting per (arch, method): trials run, ok, diverged, failed, stopped early (ASHA), compute
+    seconds (sum of wall times)."""
     if trials.empty:
-        return pd.DataFrame(columns=[*GROUP, "trials", "ok", "diverged", "failed", "compute_s"])
+        return pd.DataFrame(columns=[*GROUP, "trials", "ok", "diverged", "failed", "stopped", "compute_s"])
     out = trials.groupby(list(GROUP), sort=True).agg(
         trials=("trial_id", "nunique"), ok=("status", lambda s: int((s == "ok").sum())),
         diverged=("status", lambda s: int((s == "diverged").sum())),
-        failed=("status", lambda s: int((s == "failed").sum())), compute_s=("wall_time_s", "sum"))
+        failed=("status", lambda s: int((s == "failed").sum())),
+        stopped=("status", lambda s: int((s == "stopped").sum())), compute_s=("wall_time_s", "sum"))
     return out.reset_index()
 
 

@@ -315,7 +315,7 @@ def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str
 
     from trainables.data import load_splits
 
-    from .ray_tune import FailedTrialWriter, ProgressPrinter, TrialContext, start_dense_store, sweep_trainable
+    from .ray_tune import EndWriter, ProgressPrinter, TrialContext, start_dense_store, sweep_trainable
     from .ray_tune import write_bytes
     from .searcher import MultiStudySearcher, StudySpec
 
@@ -329,8 +329,8 @@ def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str
     ctx = TrialContext(experiment=experiment, name=name, space=space.name, dense_actor=actor_name)
     trainable = tune.with_resources(tune.with_parameters(sweep_trainable, data=splits, context=ctx),
                                     {"cpu": options["cpus_per_trial"], "gpu": options["gpus_per_trial"]})
-    reports = options["sparsify_epochs"] + options["finetune_epochs"] + 1
-    callbacks = [FailedTrialWriter(ctx), ProgressPrinter()]
+    reports = max(options["sparsify_epochs"] + options["finetune_epochs"], 1)  # docs/ARCHITECTURE.md
+    callbacks = [EndWriter(ctx), ProgressPrinter()]
     if resume:
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
     else:

@@ -232,11 +232,12 @@ def sweep_trainable(config: dict, data: Any = None, context: TrialContext | None
     checkpoint = tune.get_checkpoint()
     with tempfile.TemporaryDirectory() as tmp:
         resume_from = checkpoint.to_directory(os.path.join(tmp, "resume")) if checkpoint else None
-        result = run_trial(TrialConfig.from_dict(flat), data=data, report=report, resume_from=resume_from,
-                           dense_store=store, trial_id=trial_id)
-    result.write(context.experiment, trial_id=trial_id, experiment=context.name,
-                 extra={"study": meta.get("_study", ""), "optuna_trial": int(meta.get("_optuna_trial", -1)),
-                        "space": context.space})
+        # tables first, final report second: a scheduler may stop the trial on its final report
+        run_trial(TrialConfig.from_dict(flat), data=data, report=report, resume_from=resume_from,
+                  dense_store=store, trial_id=trial_id, on_result=lambda result: result.write(
+                      context.experiment, trial_id=trial_id, experiment=context.name,
+                      extra={"study": meta.get("_study", ""), "optuna_trial": int(meta.get("_optuna_trial", -1)),
+                             "space": context.space}))
 
 
 def finished_row(experiment: str, flat: dict, trial_id: str) -> dict | None:
@@ -256,21 +257,62 @@ def finished_row(experiment: str, flat: dict, trial_id: str) -> dict | None:
 
 
 # -- callbacks -----------------------------------------------------------------------------------------
-class FailedTrialWriter(tune.Callback):
-    """A trial that errored after its retries still gets its trials row (status failed)."""
+class EndWriter(tune.Callback):
+    """Rows for trials that end without writing their own tables (the trainable writes ok/diverged ones).
+
+    - errored after its retries: a trials row with status ``failed`` and the error;
+    - stopped early by the scheduler (ASHA; no final report): a trials row with status ``stopped`` and the
+      epochs rows it ran, read from its last checkpoint, so accounting and convergence plots see it.
+    """
 
     def __init__(self, context: TrialContext):
         self.context = context
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._write(trial, "failed", read_error(str(trial.error_file or "error")))
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        if not (trial.last_result or {}).get("trial_done"):
+            self._write(trial, "stopped", "stopped early by the scheduler")
+
+    def _finished(self, trial) -> bool:
+        flat, _ = split_config(trial.config)
+        return finished_row(self.context.experiment, flat, trial.trial_id) is not None
+
+    def _write(self, trial, status: str, error: str) -> None:
+        if self._finished(trial):
+            return  # the trial wrote its own ok/diverged tables: they are the truth
         flat, meta = split_config(trial.config)
         try:
             cfg = TrialConfig.from_dict(flat)
         except Exception:  # noqa: BLE001 - a row is still wanted; record the raw config
             cfg = None
-        row = failed_row(trial.trial_id, flat, meta, cfg, self.context, str(trial.error_file or "error"))
-        schema.write_trial_table(self.context.experiment, "trials", [row], arch=flat.get("arch", "unknown"),
-                                 method=flat.get("method", "unknown"), trial_id=trial.trial_id)
+        epochs = checkpoint_epochs(trial) if status == "stopped" else []
+        row = failed_row(trial.trial_id, flat, meta, cfg, self.context, error)
+        row.update(status=status, epochs_run=len(epochs),
+                   wall_time_s=float((trial.last_result or {}).get("time_total_s", math.nan)))
+        where = dict(arch=flat.get("arch", "unknown"), method=flat.get("method", "unknown"), trial_id=trial.trial_id)
+        if epochs:
+            schema.write_trial_table(self.context.experiment, "epochs",
+                                     [dict(r, trial_id=trial.trial_id) for r in epochs],
+                                     **where)
+        schema.write_trial_table(self.context.experiment, "trials", [row], **where)
+
+
+def checkpoint_epochs(trial) -> list[dict]:
+    """The epoch rows saved in a trial's latest checkpoint ([] when it has none or it cannot be read)."""
+    import torch
+
+    checkpoint = getattr(trial, "checkpoint", None)
+    if checkpoint is None:
+        return []
+    try:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(os.path.join(folder, "checkpoint.pt"), map_location="cpu", weights_only=False)
+        return list(state.get("epochs", []))
+    except Exception:  # noqa: BLE001 - the trials row matters more than its epochs
+        log.warning("could not read the epochs of stopped trial %s", trial.trial_id, exc_info=True)
+        return []
 
 
 def failed_row(trial_id, flat, meta, cfg, context, error) -> dict:
@@ -286,6 +328,7 @@ def failed_row(trial_id, flat, meta, cfg, context, error) -> dict:
 
 
 def read_error(error_file: str) -> str:
+    """The tail of Tune's error file, or the text itself when it is not a readable file."""
     try:
         with open(error_file) as f:
             return f.read()[-2000:]

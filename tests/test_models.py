@@ -7,9 +7,10 @@ ARCHS = ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_output_and_feature_map(arch):
+@pytest.mark.parametrize("width", [0.1, 0.25, 1.0])  # 0.1: some blocks lose their expansion conv
+def test_output_and_feature_map(arch, width):
     torch.manual_seed(0)
-    model = build_model(arch, width=0.25).eval()
+    model = build_model(arch, width=width).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert model(x).shape == (2, 10)

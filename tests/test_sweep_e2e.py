@@ -104,3 +104,49 @@ def test_resume_after_sigkill_finishes_exactly_the_planned_trials(tmp_path):
     assert sorted(trials["optuna_trial"]) == [0, 1, 2]
     builds = json.load(open(exp / "dense" / "builds.json"))
     assert list(builds.values()) == [1], builds  # the persisted dense model was reused after the kill
+
+
+def test_seed_space_grid_over_archs_and_methods_with_seed_means(tmp_path):
+    sweep("run", "--space", "seed", "--local", "--seeds", "2", "--storage", str(tmp_path), "--name", "g", *TINY)
+    exp = str(tmp_path / "g")
+    trials = check_rows(exp, 3 * 2 * 2)
+    assert set(trials["status"]) == {"ok"}
+    assert sorted(trials.groupby(["arch", "method"]).size().to_dict().values()) == [2] * 6
+    assert (trials["target_sparsity"] == 0.5).all() and (trials["lr"] == 1e-3).all()
+    assert (trials.loc[trials["method"] == "admm", "rho"] == 0.01).all()
+    # the driver loaded the dataset once and handed it to every trial through the object store
+    assert {json.loads(p)["data"] for p in trials["provenance_json"]} == {"given"}
+    # one dense model per (arch, seed), built once and shared by both methods
+    builds = json.load(open(os.path.join(exp, "dense", "builds.json")))
+    assert len(builds) == 6 and set(builds.values()) == {1}, builds
+    assert (trials.groupby(["arch", "seed"])["dense_key"].nunique() == 1).all()
+    dense = trials.groupby(["arch", "seed"])["dense_val_acc"].nunique()
+    assert (dense == 1).all()  # both methods start from the same dense weights
+    storage = open_storage(os.path.join(exp, "optuna.journal"))
+    for (arch, method), g in trials.groupby(["arch", "method"]):
+        study = optuna.load_study(study_name=f"{arch}-{method}", storage=storage)
+        assert len(study.directions) == 1 and [t.state for t in study.trials] == [TrialState.COMPLETE]
+        assert study.trials[0].value == pytest.approx(g["final_val_acc"].mean())  # the mean over seeds
+
+
+def test_asha_stopped_trials_are_pruned_in_optuna_with_their_rows(tmp_path):
+    space = tmp_path / "lr.toml"
+    space.write_text('methods = ["magnitude"]\n[params]\nlr = {type = "float", low = 1e-5, high = 0.3, log = true}\n'
+                     'sparsity = 0.5\nschedule = "one_shot"\n')
+    sweep("run", "--space", str(space), "--local", "--trials", "6", "--scheduler", "asha", "--storage",
+          str(tmp_path), "--name", "a", *TINY, "--sparsify-epochs", "2", "--finetune-epochs", "2")
+    exp = str(tmp_path / "a")
+    trials = pd.read_parquet(os.path.join(exp, "results", "trials"))
+    epochs = pd.read_parquet(os.path.join(exp, "results", "epochs"))
+    assert len(trials) == 6 and trials["trial_id"].is_unique
+    assert set(trials["status"]) <= {"ok", "stopped"}, trials[["status", "error"]]
+    study = optuna.load_study(study_name="mobilenet_v2-magnitude", storage=open_storage(os.path.join(exp, "optuna.journal")))
+    by_ray = {t.user_attrs["ray_trial_0"]: t for t in study.trials}
+    for row in trials.itertuples():
+        t = by_ray[row.trial_id]
+        n = int((epochs["trial_id"] == row.trial_id).sum())
+        if row.status == "ok":
+            assert t.state == TrialState.COMPLETE and t.value == pytest.approx(row.final_val_acc) and n == 5
+        else:  # stopped by ASHA: pruned in Optuna, never completed with its partial value
+            assert t.state == TrialState.PRUNED and t.value is None and 1 <= n < 5 and row.epochs_run == n
+    assert (trials["status"] == "stopped").any(), "ASHA stopped nothing: the test did not test pruning"

@@ -204,8 +204,9 @@ def _set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def provenance(device: torch.device) -> dict:
-    """Code version, package versions, host and device name."""
+def provenance(device: torch.device, data_given: bool = False) -> dict:
+    """Code version, package versions, host, Ray node, device name, and where the data came from
+    ("given": handed in, e.g. by a sweep's driver through the object store; "loaded": read by this trial)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
@@ -214,7 +215,19 @@ def provenance(device: torch.device) -> dict:
     import torchvision
     return {"git_commit": commit, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "python": platform.python_version(), "hostname": socket.gethostname(),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"}
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "ray_node": _ray_node_id(), "data": "given" if data_given else "loaded"}
+
+
+def _ray_node_id() -> str:
+    """The Ray node this runs on, "" outside Ray (imported lazily: trainables do not need Ray)."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    try:
+        return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else ""
+    except Exception:  # noqa: BLE001 - provenance must never fail a trial
+        return ""
 
 
 # ----------------------------------------------------------------------------------------- the trial
@@ -257,6 +270,8 @@ class _Trial:
         self.weights: list[dict] = []
         self.phase, self.phase_epoch, self.status, self.error = "dense", 0, "ok", ""
         self.elapsed = 0.0
+        self.data_given = False
+        self.on_result: Callable[[TrialResult], None] | None = None
         self.optimizer = None
         self.t0 = time.monotonic()
 
@@ -331,9 +346,15 @@ class _Trial:
                 self.error = f"non-finite train loss or weights in {self.phase} epoch {self.phase_epoch}"
                 log.warning(self.error)
                 return False
-            if reported:
-                self._report(row)
+            if reported and not self._is_last_epoch():
+                self._report(row)  # the trial's last epoch rides with the final report (see _finish)
         return True
+
+    def _is_last_epoch(self) -> bool:
+        """True after the trial's last training epoch: nothing remains of sparsify and fine-tune."""
+        c = self.cfg.train
+        done = self.phase_epoch if self.phase == "sparsify" else c.sparsify_epochs + self.phase_epoch
+        return self.phase in ("sparsify", "finetune") and done == c.sparsify_epochs + c.finetune_epochs
 
     def _report(self, row: dict, done: bool = False) -> None:
         if self.report is None:
@@ -455,28 +476,35 @@ class _Trial:
             **{k: self.accs.get(k, math.nan) for k in schema.TRIALS.names if k.endswith("_acc")},
             **sizes, "epochs_run": len(self.epochs),
             "wall_time_s": self.elapsed + time.monotonic() - self.t0, "device": str(self.device),
-            "config_json": schema.dumps(cfg.to_dict()), "provenance_json": schema.dumps(provenance(self.device)),
+            "config_json": schema.dumps(cfg.to_dict()),
+            "provenance_json": schema.dumps(provenance(self.device, self.data_given)),
         }
         weights = [dict(r, seed=cfg.run.seed) for r in self.weights]
         epochs = [dict(r) for r in self.epochs]
+        result = TrialResult(summary, epochs, layers, weights)
+        if self.on_result is not None:
+            self.on_result(result)  # e.g. the sweep writes its Parquet tables before Tune may stop the trial
         if self.report is not None:
             final = dict(self.epochs[-1]) if self.epochs else {}
             metrics = dict(final, **summary, val_acc=summary["final_val_acc"], phase=self.phase,
                            epoch=len(self.epochs), done=True)
             metrics["trial_id"] = self.trial_id
             self.report(metrics, None)
-        return TrialResult(summary, epochs, layers, weights)
+        return result
 
 
 def run_trial(config: TrialConfig | Mapping[str, Any], *, data: Splits | None = None,
               report: Callable[[dict, str | None], None] | None = None, resume_from: str | None = None,
-              dense_store: DenseStore | None = None, trial_id: str = "local") -> TrialResult:
+              dense_store: DenseStore | None = None, trial_id: str = "local",
+              on_result: Callable[[TrialResult], None] | None = None) -> TrialResult:
     """Run one trial (contract: docs/ARCHITECTURE.md). Raises ConfigError/DataError before any training."""
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
     cfg.validate()
+    data_given = data is not None
     if data is None:
         data = load_splits(cfg.data)
     trial = _Trial(cfg, data, report, dense_store, trial_id)
+    trial.data_given, trial.on_result = data_given, on_result
     if resume_from is not None:
         trial.load(resume_from)
     return trial.run(resumed=resume_from is not None)
