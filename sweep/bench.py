@@ -202,13 +202,15 @@ def breakdown(spans: list[dict[str, Any]], start: float, end: float, concurrent:
 
 # -- figures -----------------------------------------------------------------------------------------------
 def figures(n: int, concurrent: int, import_s: float, ray_start_s: float, sweep_s: float, in_trial: list[float],
-            b2b: dict[str, Any], where: dict[str, Any]) -> dict[str, Any]:
-    """Every reported number, in one dict (``--json`` prints it as is)."""
+            b2b: dict[str, Any], where: dict[str, Any], load: list[float]) -> dict[str, Any]:
+    """Every reported number, in one dict (``--json`` prints it as is). ``load``: 1-min load averages seen
+    before and after the runs (other work on the machine skews every figure)."""
     in_sum = sum(in_trial)
     slots = max(concurrent, 1)
     fixed = import_s + ray_start_s
     out = {
-        "trials": n, "concurrent": concurrent, "import_s": import_s, "ray_start_s": ray_start_s,
+        "trials": n, "concurrent": concurrent, "cpus": os.cpu_count(), "load_average": load,
+        "import_s": import_s, "ray_start_s": ray_start_s,
         "sweep_wall_s": sweep_s, "sweep_wall_with_fixed_s": sweep_s + fixed, "in_trial_s": in_sum,
         "in_trial_share": in_sum / (sweep_s * slots),
         "in_trial_share_with_fixed": in_sum / ((sweep_s + fixed) * slots),
@@ -236,7 +238,8 @@ def render(f: dict[str, Any]) -> str:
 
     share_t, over_t = f["target_share"], f["target_overhead_s"]
     lines = [
-        f"sweep.bench: {f['trials']} trials, max concurrent {f['concurrent']} (1 CPU, 1 thread per trial)",
+        f"sweep.bench: {f['trials']} trials, max concurrent {f['concurrent']} (1 CPU, 1 thread per trial); "
+        f"{f['cpus']} CPUs, load average before/after {' / '.join(f'{x:.2f}' for x in f['load_average'])}",
         f"fixed: import Ray Tune + Optuna    {f['import_s']:7.2f} s  (info)",
         f"fixed: Ray start-up (ray.init)     {f['ray_start_s']:7.2f} s  (info)",
         f"sweep wall (run_sweep)             {f['sweep_wall_s']:7.2f} s  (with fixed costs "
@@ -297,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--trials and --concurrent must be >= 1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network here; keep Ray from trying
     folder = tempfile.mkdtemp(prefix="sweep-bench-")
+    load = [os.getloadavg()[0]]
     try:
         b2b = run_back_to_back(trial_config(a.space), a.trials, os.path.join(folder, "back_to_back"))
         import_s = import_sweep_modules()
@@ -310,10 +314,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             ray.shutdown()
         in_trial = sweep_trial_times(experiment)
-        if len(in_trial) != a.trials:
-            print(f"warning: {len(in_trial)} trial rows, expected {a.trials}", file=sys.stderr)
+        if len(in_trial) != a.trials or any(x != x for x in in_trial):  # x != x: NaN, a failed trial's row
+            print(f"warning: {len(in_trial)} trial rows, expected {a.trials} finished ones; see the sweep's "
+                  "errors above (--keep keeps its folder)", file=sys.stderr)
         where = breakdown(trial_spans(events or []), start, end, a.concurrent)
-        f = figures(a.trials, a.concurrent, import_s, ray_start_s, sweep_s, in_trial, b2b, where)
+        load.append(os.getloadavg()[0])
+        f = figures(a.trials, a.concurrent, import_s, ray_start_s, sweep_s, in_trial, b2b, where, load)
         print(json.dumps(f, indent=1) if a.json else render(f))
         if a.keep:
             with open(os.path.join(folder, "timeline.json"), "w") as fh:  # chrome://tracing, Perfetto
