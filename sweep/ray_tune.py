@@ -334,33 +334,3 @@ def read_error(error_file: str) -> str:
             return f.read()[-2000:]
     except OSError:
         return error_file
-
-
-class ProgressPrinter(tune.Callback):
-    """Compact live view: one line per finished trial with the best val accuracy so far per study.
-
-    Lines go to the ``sweep.progress`` logger (the CLI shows it on stdout); a logger, not a callable,
-    because Tune pickles callbacks into its experiment state.
-    """
-
-    def __init__(self):
-        self.best: dict[str, float] = {}
-        self.finished = 0
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._line(trials, trial, "done")
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._line(trials, trial, "ERROR")
-
-    def _line(self, trials, trial, what: str) -> None:
-        self.finished += 1
-        r = trial.last_result or {}
-        study = trial.config.get("_study") or f"{trial.config.get('arch')}-{trial.config.get('method')}"
-        acc = r.get("final_val_acc", r.get("val_acc"))
-        if isinstance(acc, (int, float)) and not math.isnan(acc):
-            self.best[study] = max(self.best.get(study, -1.0), acc)
-        running = sum(t.status == "RUNNING" for t in trials)
-        best = "  ".join(f"{k}={v:.3f}" for k, v in sorted(self.best.items()))
-        logging.getLogger("sweep.progress").info(f"[{self.finished} finished, {running} running] {trial.trial_id} {study} {what} "
-                   f"status={r.get('status', '?')} val_acc={acc}  best: {best}")

@@ -68,3 +68,10 @@ def test_dense_key_shared_by_methods_and_split_by_recipe():
 def test_nm_target_sparsity():
     cfg = TrialConfig.from_dict({"sparsity_set": "nm", "nm_n": 2, "nm_m": 4})
     assert cfg.prune.target_sparsity == 0.5
+
+
+def test_gradual_schedule_with_nm_pattern_is_refused():
+    with pytest.raises(ConfigError) as err:
+        TrialConfig.from_dict({"method": "magnitude", "schedule": "gradual", "sparsity_set": "nm"})
+    assert err.value.field == "schedule" and "uniform or global" in str(err.value)
+    TrialConfig.from_dict({"method": "admm", "schedule": "gradual", "sparsity_set": "nm"})  # ADMM ignores it

@@ -161,3 +161,27 @@ def test_bn_recalibration_repairs_stale_statistics(splits):
     fixed = evaluate(model, val, torch.device("cpu"))
     assert fixed[1] < stale[1]  # val loss: repaired
     assert fixed[0] >= stale[0]
+
+
+@pytest.mark.parametrize("method, sset, schedule", [
+    ("admm", "global", "per_step"), ("magnitude", "global", "gradual"),
+    ("admm", "nm", "per_step"), ("magnitude", "nm", "one_shot"), ("magnitude", "uniform", "gradual"),
+])
+def test_every_sparsity_set_and_schedule_through_run_trial(splits, method, sset, schedule):
+    cfg = dict(TINY, method=method, sparsity_set=sset, sparsity=0.5, schedule=schedule,
+               sparsify_epochs=2, finetune_epochs=1)
+    res = run_trial(cfg, data=splits)
+    assert res.summary["status"] == "ok" and res.summary["sparsity_set"] == sset
+    layers = [r for r in res.layers if r["prunable"]]
+    zeros = sum(r["numel"] - r["nonzero"] for r in layers)  # measured from the final weights
+    assert zeros / sum(r["numel"] for r in layers) == pytest.approx(res.summary["achieved_sparsity"])
+    numel = sum(r["numel"] for r in layers)
+    wanted = sum(r["target_sparsity"] * r["numel"] for r in layers) / numel  # < 0.5 for nm: dense layers
+    assert res.summary["achieved_sparsity"] >= wanted - 1e-3  # zeros kept through fine-tuning
+    targets = {round(r["target_sparsity"], 6) for r in layers}
+    measured = {round(r["sparsity"], 2) for r in layers}
+    if sset == "global":  # one threshold over all layers: the layers' sparsities differ, the total is 0.5
+        assert targets == {0.5} and len(measured) > 3
+    else:  # every layer at least as sparse as its own target; 2:4 leaves layers with in % 4 != 0 dense
+        assert all(r["sparsity"] >= r["target_sparsity"] - 1e-9 for r in layers)
+        assert targets == ({0.0, 0.5} if sset == "nm" else {0.5})

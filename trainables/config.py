@@ -138,6 +138,10 @@ class PruneConfig:
         _range("rho_max", self.rho_max, self.rho, 1e6)
         _range("admm_interval", self.admm_interval, 1, 1_000_000, kind=int)
         _choice("admm_interval_unit", self.admm_interval_unit, INTERVAL_UNITS)
+        if self.method == "magnitude" and self.schedule == "gradual" and self.sparsity_set == "nm":
+            # a cubic ramp of the sparsity has no meaning for a fixed n:m pattern
+            raise ConfigError("schedule", "gradual needs sparsity_set uniform or global (an n:m pattern has one "
+                                          "fixed sparsity); use per_step or one_shot with nm")
 
     @property
     def target_sparsity(self) -> float:
