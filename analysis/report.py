@@ -33,8 +33,9 @@ TABLE_CAPTIONS = {
               "paired by seed, best configuration per method chosen on validation; 95% t-interval and paired "
               "t-test p-value (n/a when fewer than 2 pairs).",
     "accounting": "Sweep accounting per architecture and method: trials with results, finished ok, diverged, "
-                  "failed, total compute seconds (sum of wall_time_s).",
-    "not_ok": "Trials that did not finish ok (diverged: NaN/inf loss; failed: exception). They are not scored.",
+                  "failed, stopped early by ASHA, total compute seconds (sum of wall_time_s).",
+    "not_ok": "Trials that did not finish ok (diverged: NaN/inf loss; failed: exception; stopped: ended early by "
+              "the ASHA scheduler). They are not scored.",
 }
 FIGURE_CAPTIONS = {
     "curves": "Training objective and validation accuracy per epoch (best configuration, band over seeds).",

@@ -25,6 +25,8 @@ SPARSITY_TOL = 1e-6  # target sparsities are typed fractions; compare with a tol
 def _config_key(trials: pd.DataFrame) -> pd.Series:
     """A string naming each row's configuration (NaN-safe, unlike groupby on float columns with NaN)."""
     cols = [c for c in CONFIG_COLUMNS if c in trials]
+    if trials.empty:  # agg(axis=1) of an empty frame is a frame, not a series
+        return pd.Series([], index=trials.index, dtype=object)
     return trials[cols].map(str).agg("|".join, axis=1)
 
 

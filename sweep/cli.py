@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trials", type=int, default=8, help="Optuna configurations per (arch, method) study")
     run.add_argument("--seeds", type=int, default=1, help="seeds per configuration (mean told to Optuna)")
     run.add_argument("--width", type=float, default=0.5, help="MobileNet width multiplier")
-    run.add_argument("--dense-epochs", type=int, default=2)
+    run.add_argument("--dense-epochs", type=int, default=4,
+                     help="trained once per (arch, seed) and shared by every trial that starts from it")
     run.add_argument("--sparsify-epochs", type=int, default=2)
     run.add_argument("--finetune-epochs", type=int, default=2)
     run.add_argument("--sampler", default="tpe", help="tpe | gp | nsga2")

@@ -83,23 +83,28 @@ def _f(low: float, high: float, log: bool = False) -> Dist:
     return Dist("float", low, high, log)
 
 
+# Sparsity is searched over shared levels, not a continuous range: methods (and sweeps) can then be compared
+# at matched sparsities, with seeds paired, which a continuous draw never gives. 0.5 is the original study's.
+SPARSITY_LEVELS = Dist("categorical", choices=(0.5, 0.7, 0.9))
+
+
 BUILTIN: dict[str, Space] = {
     "admm": Space(
         "admm", "ADMM: rho, lr, sparsity, rho growth, update interval", ("admm",),
-        {"lr": _f(1e-4, 1e-2, True), "sparsity": _f(0.3, 0.95)},
+        {"lr": _f(1e-4, 1e-2, True), "sparsity": SPARSITY_LEVELS},
         {"admm": {"rho": _f(1e-4, 1.0, True), "rho_growth": _f(1.0, 1.5), "admm_interval": Dist("int", 1, 3),
                   # rho_max must stay >= rho whatever rho is drawn; growth is capped here
                   "rho_max": Dist("fixed", value=10.0)}},
     ),
     "baseline": Space(
         "baseline", "magnitude pruning: lr, sparsity, schedule", ("magnitude",),
-        {"lr": _f(1e-4, 1e-2, True), "sparsity": _f(0.3, 0.95),
+        {"lr": _f(1e-4, 1e-2, True), "sparsity": SPARSITY_LEVELS,
          "schedule": Dist("categorical", choices=("per_step", "one_shot", "gradual"))},
     ),
     "compare": Space(
         "compare", "both methods, the same trials and epochs each: lr, sparsity (+ rho for admm)",
         ("admm", "magnitude"),
-        {"lr": _f(1e-4, 1e-2, True), "sparsity": _f(0.3, 0.95)},
+        {"lr": _f(1e-4, 1e-2, True), "sparsity": SPARSITY_LEVELS},
         {"admm": {"rho": _f(1e-4, 1.0, True), "rho_max": Dist("fixed", value=10.0)}},
     ),
     "seed": Space(

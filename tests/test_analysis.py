@@ -137,6 +137,15 @@ def test_comparison_table_matches_hand_computation(experiment):
     assert "tdiv" not in ",".join(table["trial_ids"])
 
 
+def test_no_trial_at_the_requested_sparsity_gives_empty_tables_not_an_error(experiment):
+    # seen on a real compare sweep whose searched sparsities never hit 0.5 exactly
+    from analysis import best_hyperparameters, comparison_table, load_tables
+
+    trials = load_tables(str(experiment)).trials
+    assert comparison_table(trials, 0.33).empty and best_hyperparameters(trials, 0.33).empty
+    assert len(comparison_table(trials, 0.5)) == 2  # the same trials at a sparsity they have
+
+
 def test_selection_ignores_test_accuracy(experiment):
     """Swap in a config that is best on test but worst on val: it must not be chosen."""
     from analysis import best_configs, load_tables
