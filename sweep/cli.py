@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import posixpath
 import sys
 from typing import Any, Callable
 
@@ -162,7 +161,9 @@ def without_params(space: sp.Space, keys: set[str]) -> sp.Space:
 
 
 def experiment_path(storage: str, name: str) -> str:
-    return posixpath.join(storage.rstrip("/"), name)
+    from trainables.schema import join
+
+    return join(storage, name)
 
 
 def exists(path: str) -> bool:
@@ -342,7 +343,7 @@ def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str
                              else ("final_val_acc",))
                    for arch in options["archs"] for m in space.methods]
         trials = 1 if space.grid else options["trials"]
-        searcher = MultiStudySearcher(posixpath.join(experiment, JOURNAL), studies, trials=trials,
+        searcher = MultiStudySearcher(experiment_path(experiment, JOURNAL), studies, trials=trials,
                                       seeds=options["seeds"], sampler=options["sampler"],
                                       max_concurrent=options["max_concurrent"])
         scheduler = None
@@ -382,7 +383,10 @@ def summarize(experiment: str) -> str:
     import pandas as pd
 
     try:
-        trials = pd.read_parquet(posixpath.join(experiment, "results", "trials"))
+        from trainables import schema
+
+        fs, base = schema.resolve(schema.table_dir(experiment, "trials"))
+        trials = pd.read_parquet(base, filesystem=fs)
     except (FileNotFoundError, OSError, ValueError):
         return f"no trial results in {experiment}"
     lines = [f"{'study':32} {'ok':>4} {'div':>4} {'fail':>4} {'best final_val_acc':>20}"]
@@ -392,8 +396,12 @@ def summarize(experiment: str) -> str:
         n = g["status"].value_counts()
         lines.append(f"{study:32} {n.get('ok', 0):4d} {n.get('diverged', 0):4d} {n.get('failed', 0):4d} "
                      f"{best if not (isinstance(best, float) and math.isnan(best)) else float('nan'):20.4f}")
-    lines.append(f"results: {experiment}/results")
-    lines.append(f"report:  python -m analysis report {experiment}")
+    lines.append(f"results: {experiment_path(experiment, 'results')}")
+    if "://" in experiment:
+        lines.append(f"report:  copy {experiment.partition('?')[0]} to a local folder (aws s3 sync / gsutil rsync), "
+                     "then python -m analysis report FOLDER")
+    else:
+        lines.append(f"report:  python -m analysis report {experiment}")
     return "\n".join(lines)
 
 

@@ -121,7 +121,9 @@ class MultiStudySearcher(Searcher):
         is handed out afresh instead of waiting (and holding a concurrency slot) forever.
         """
         self.rebuild_from_storage()
-        known = tune_trial_ids(posixpath.dirname(self.storage_path))
+        from trainables.schema import parent
+
+        known = tune_trial_ids(parent(self.storage_path))
         if known is None:
             log.warning("no Tune experiment state next to %s: cannot reconcile live trials", self.storage_path)
             return
@@ -273,8 +275,9 @@ def tune_trial_ids(experiment: str) -> set[str] | None:
     """Trial ids in Tune's newest experiment state file in ``experiment`` (None when there is none)."""
     import pyarrow.fs as pafs
 
-    fs, base = pafs.FileSystem.from_uri(experiment) if "://" in experiment else (pafs.LocalFileSystem(),
-                                                                                   os.path.abspath(experiment))
+    from trainables.schema import resolve
+
+    fs, base = resolve(experiment)
     infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     states = sorted(i.path for i in infos if posixpath.basename(i.path).startswith("experiment_state-")
                     and i.path.endswith(".json"))

@@ -7,6 +7,7 @@ fresh tmpfs covers the folder, exactly as a second machine's disk would not hold
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -195,3 +196,74 @@ def test_object_store_uri_accepted_when_every_node_writes_it(cluster, s3_bucket)
         for node in workers:
             cluster.remove_node(node)
         wait_alive(1)
+
+
+def test_uri_join_keeps_query_options_at_the_end():
+    from trainables.schema import join, parent
+
+    assert join("s3://b/sweeps?endpoint_override=h:1&scheme=http", "exp", "optuna.journal") == \
+        "s3://b/sweeps/exp/optuna.journal?endpoint_override=h:1&scheme=http"
+    assert parent("s3://b/sweeps/exp/optuna.journal?x=1") == "s3://b/sweeps/exp?x=1"
+    assert join("/data/sweeps/", "exp") == "/data/sweeps/exp" and parent("/data/sweeps/exp") == "/data/sweeps"
+
+
+def test_optuna_journal_on_an_object_store_survives_a_new_driver(s3_bucket, tmp_path, monkeypatch):
+    """The searcher writes its journal through a local copy and uploads it after each change, so a new head
+    node (another temp dir, nothing local) resumes the studies from the bucket alone."""
+    import functools
+
+    from optuna.trial import TrialState
+
+    from sweep import spaces as sp
+    from sweep.searcher import MultiStudySearcher, StudySpec
+    from trainables.schema import join
+
+    options, fs = s3_bucket
+    journal = join(f"s3://sweeps/exp?{options}", "optuna.journal")
+    space = sp.Space("t", "test", ("admm",), {"lr": sp.Dist("float", 1e-3, 1e-2, True)})
+    spec = StudySpec("mobilenet_v2-admm", {"arch": "mobilenet_v2", "method": "admm"},
+                     functools.partial(sp.suggest, space=space, method="admm"), ("final_val_acc",))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "head1"))
+    (tmp_path / "head1").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR: the first head's local disk
+    first = MultiStudySearcher(journal, [spec], trials=3)
+    a, b = first.suggest("ray-a"), first.suggest("ray-b")
+    first.on_trial_complete("ray-a", {"trial_done": True, "status": "ok", "final_val_acc": 0.75})
+    assert fs.get_file_info("sweeps/exp/optuna.journal").size > 0
+    (tmp_path / "head2").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "head2"))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # a new head: empty local disk
+    second = MultiStudySearcher(journal, [spec], trials=3)
+    trials = second.studies["mobilenet_v2-admm"].get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.RUNNING]
+    assert trials[0].value == 0.75 and trials[0].params["lr"] == a["lr"] and trials[1].params["lr"] == b["lr"]
+    assert second.live == {"ray-b": ("mobilenet_v2-admm", 1, 0)}  # the running seed is still expected
+
+
+@pytest.mark.slow
+def test_sweep_on_an_object_store_writes_every_table_there_and_resumes(s3_bucket):
+    """A real sweep (CLI, local Ray) whose --storage is an S3 URI with endpoint options: Tune's state, the
+    Optuna journal, the dense models and the Parquet tables all land in the bucket; a resume finds them."""
+    import pyarrow.parquet as pq
+
+    options, fs = s3_bucket
+    uri = f"s3://sweeps/runs?{options}"
+    tiny = ["--dataset", "synthetic", "--width", "0.1", "--dense-epochs", "1", "--sparsify-epochs", "1",
+            "--finetune-epochs", "1", "--cpus-per-trial", "1", "--gpus-per-trial", "0", "--set", "synthetic_train=256",
+            "--set", "synthetic_test=64", "--set", "batch_size=64", "--set", "max_threads=1"]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    for argv in (["run", "--space", "compare", "--trials", "1", "--name", "s3x", *tiny], ["resume", "s3x"]):
+        r = subprocess.run([sys.executable, "-m", "sweep", *argv, "--local", "--storage", uri], capture_output=True,
+                           text=True, timeout=600, env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        trials = pq.read_table("sweeps/runs/s3x/results/trials", filesystem=fs).to_pandas()
+        assert sorted(trials["method"]) == ["admm", "magnitude"] and set(trials["status"]) == {"ok"}
+        epochs = pq.read_table("sweeps/runs/s3x/results/epochs", filesystem=fs).to_pandas()
+        assert len(epochs) == 6 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    names = {i.path.rsplit("/", 1)[-1] for i in fs.get_file_info(pafs.FileSelector("sweeps/runs/s3x"))}
+    assert {"optuna.journal", "sweep.json", "tuner.pkl"} <= names
+    assert any(n.startswith("experiment_state-") for n in names)
+    builds = fs.open_input_stream("sweeps/runs/s3x/dense/builds.json").read()
+    assert json.loads(builds) == {trials["dense_key"].iloc[0]: 1}  # one dense model, not rebuilt on resume

@@ -157,8 +157,21 @@ def resolve(root: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), posixpath.abspath(root) if not root.startswith("/") else root
 
 
+def join(root: str, *parts: str) -> str:
+    """``root`` joined with ``parts``: a local path, or a URI whose ``?query`` options (an S3
+    ``endpoint_override``, say) stay at the end: ``join("s3://b/x?o=1", "n")`` is ``"s3://b/x/n?o=1"``."""
+    path, sep, query = root.partition("?") if "://" in root else (root, "", "")
+    return posixpath.join(path.rstrip("/"), *parts) + sep + query
+
+
+def parent(path: str) -> str:
+    """The folder holding ``path`` (local or URI, query options kept)."""
+    base, sep, query = path.partition("?") if "://" in path else (path, "", "")
+    return posixpath.dirname(base.rstrip("/")) + sep + query
+
+
 def table_dir(root: str, name: str) -> str:
-    return posixpath.join(root.rstrip("/"), RESULTS_DIR, name)
+    return join(root, RESULTS_DIR, name)
 
 
 def write_trial_table(root: str, name: str, rows: Iterable[Mapping[str, Any]], *, arch: str, method: str,
