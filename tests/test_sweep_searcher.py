@@ -112,6 +112,23 @@ def test_restore_from_storage_ignores_unknown_and_never_tells_twice(tmp_path):
     assert s2.suggest("ray-c") == "FINISHED"
 
 
+def test_restore_hands_out_again_a_seed_that_tune_never_saved(tmp_path):
+    """The driver died after handing a seed to a new Ray trial but before Tune saved that trial: on restore
+    the seed must run again (seen: a resumed sweep waited forever on it), with the same parameters."""
+    experiment = tmp_path / "ray" / "t"  # Tune's experiment folder; the journal lives in it, as in a sweep
+    s1 = make_searcher(experiment / "optuna.journal", trials=3)
+    run(s1, tmp_path, samples=1)  # a real Tune run: its experiment state knows one trial
+    orphan = s1.suggest("orphan-x")  # handed out, never saved by Tune: the driver is killed here
+    s2 = make_searcher(experiment / "optuna.journal", trials=3)
+    assert "orphan-x" in s2.live  # from the storage alone it looks running...
+    s2.restore(str(experiment / "searcher-state.pkl"))
+    assert s2.live == {}  # ...but Tune will never run it
+    again = s2.suggest("ray-new")
+    assert again["_optuna_trial"] == orphan["_optuna_trial"] == 1 and again["lr"] == orphan["lr"]
+    study = optuna.load_study(study_name="mobilenet_v2-admm", storage=open_storage(str(experiment / "optuna.journal")))
+    assert study.trials[1].user_attrs["ray_trial_0"] == "ray-new" and len(study.trials) == 2
+
+
 def test_classify_rules():
     obj = ("final_val_acc", "achieved_sparsity")
     assert classify({"status": "ok", "trial_done": True, "final_val_acc": 0.5, "achieved_sparsity": 0.8}, False,
