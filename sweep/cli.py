@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_cluster_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local", action="store_true", help="start Ray on this machine (else join the cluster)")
-    p.add_argument("--gpus-per-trial", type=float, default=None, help="fractions allowed; default 1 if a GPU")
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="fractions allowed (0.25: four trials share a GPU); default 0.25 where "
+                        "there are GPUs, else 0")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--storage", default="./experiments", help="a path (made absolute) or s3:// gs:// URI")
 
@@ -246,10 +247,20 @@ def autoscaler_node_types(path: str) -> dict[str, dict | None]:
     return out
 
 
-def default_gpus() -> float:
+GPU_SHARE = 0.25  # a CIFAR MobileNet trial uses a fraction of a modern GPU: pack 4 per GPU by default
+
+
+def default_gpus(local: bool, autoscaler_config: str = AUTOSCALER_CONFIG) -> float:
+    """--gpus-per-trial when not given: a quarter GPU where GPUs exist (alive, or an autoscalable GPU type
+    on a launcher-started cluster), else 0 (CPU trials)."""
     import ray
 
-    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    if ray.cluster_resources().get("GPU", 0) > 0:
+        return GPU_SHARE
+    if not local and any((r or {}).get("GPU", 0) > 0
+                         for r in autoscaler_node_types(os.path.expanduser(autoscaler_config)).values()):
+        return GPU_SHARE
+    return 0.0
 
 
 def check_storage(storage: str) -> str:
@@ -284,7 +295,7 @@ def start(args: argparse.Namespace, write: Callable[[str], None]) -> str:
         raise UsageError("--name", f"experiment {name!r} already exists in {storage}: use "
                                    f"`python -m sweep resume {name}` or another --name (nothing overwritten)")
     init_ray(args.local)
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else default_gpus()
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else default_gpus(args.local)
     check_resources(args.cpus_per_trial, gpus, local=args.local)
     storage = check_storage(storage)
     experiment = experiment_path(storage, name)

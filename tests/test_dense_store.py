@@ -18,7 +18,7 @@ from sweep.ray_tune import RayDenseStore, start_dense_store
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_local():
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)  # never join another
     yield
     ray.shutdown()
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 import ray
 
-from sweep.cli import UsageError, check_resources
+from sweep.cli import GPU_SHARE, UsageError, check_resources, default_gpus
 
 AUTOSCALER = """
 head_node_type: head
@@ -23,7 +23,7 @@ available_node_types:
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_local():
-    ray.init(num_cpus=1, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, num_gpus=0, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -66,3 +66,12 @@ def test_cli_impossible_gpus_exits_2_and_creates_nothing(tmp_path):
                        env={**os.environ, "RAY_ADDRESS": ""})
     assert r.returncode == 2 and "--gpus-per-trial" in r.stderr.splitlines()[-1], r.stderr[-2000:]
     assert not (tmp_path / "x").exists()
+
+
+def test_default_gpu_share_follows_what_the_cluster_has(tmp_path):
+    assert default_gpus(True) == 0.0  # this Ray has no GPU: CPU trials
+    gpu_type = bootstrap(tmp_path, "{CPU: 4, GPU: 1}")
+    assert default_gpus(False, gpu_type) == GPU_SHARE == 0.25  # GPU workers the autoscaler will start
+    assert default_gpus(True, gpu_type) == 0.0  # --local never counts on an autoscaler
+    (tmp_path / "cpu").mkdir()
+    assert default_gpus(False, bootstrap(tmp_path / "cpu", "{CPU: 8}")) == 0.0

@@ -27,7 +27,7 @@ REPORTS = 6
 def ray_local():
     # workers import this test module to unpickle the function trainable
     here = os.path.dirname(os.path.abspath(__file__))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", "")}})
     yield
     ray.shutdown()
