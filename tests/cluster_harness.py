@@ -176,6 +176,18 @@ def passwd_with_root_home(passwd: str, home: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def keep_under_tmp(paths: list[Path], work: Path) -> list[str]:
+    """Mount the sandbox's own /tmp, keeping visible the checkout and the venv when they live under /tmp
+    (a clone in /tmp, say): each is parked under /mnt first, then bound back at its path (recursively, so
+    the venv's overlay comes along)."""
+    q = shlex.quote
+    lines, moved = [], []
+    for i, path in enumerate(p for p in paths if p.resolve().is_relative_to("/tmp")):
+        lines.append(f"mkdir -p /mnt/keep{i} && mount --rbind {q(str(path))} /mnt/keep{i}")
+        moved.append(f"mkdir -p {q(str(path))} && mount --rbind /mnt/keep{i} {q(str(path))}")
+    return [*lines, f"mount --bind {q(str(work / 'tmp'))} /tmp", *moved]
+
+
 def outer_script(work: Path, cluster: dict) -> str:
     """Private mounts, with the network: the venv's copy-on-write layer gets the packages the setup
     commands install (as a machine image would already hold them), then the offline inner part runs."""
@@ -193,7 +205,7 @@ def outer_script(work: Path, cluster: dict) -> str:
         f"mount --bind {q(str(work / 'home'))} {SANDBOX_HOME}",
         f"mount --bind {q(str(work / 'passwd'))} /etc/passwd",
         "mount -t tmpfs tmpfs /run && mkdir -p /run/sshd",
-        f"mount --bind {q(str(work / 'tmp'))} /tmp",
+        *keep_under_tmp([ROOT, Path(sys.prefix)], work),
         f"exec unshare --net --pid --fork --mount-proc --kill-child bash {SANDBOX_HOME}/inner.sh",
     ]) + "\n"
 
