@@ -37,9 +37,14 @@ def _empty(fig, ax, message: str):
 # --- training curves -------------------------------------------------------------------------------------
 
 def best_trial_ids(trials: pd.DataFrame, sparsity: float | None = None) -> dict[tuple[str, str], list[str]]:
-    """Trial ids (all seeds) of the best configuration per (arch, method), chosen on validation."""
-    best = T.best_configs(trials, sparsity)
-    return {(r.arch, r.method): r.trial_ids.split(",") for r in best.itertuples()}
+    """Trial ids (all seeds) of the best configuration per (arch, method), chosen on validation: at target
+    ``sparsity`` where that (arch, method) has finished trials there, else at any sparsity (so the figures
+    still show every method of a sweep that never ran the requested sparsity)."""
+    picked = {(r.arch, r.method): r.trial_ids.split(",") for r in T.best_configs(trials).itertuples()}
+    if sparsity is not None:
+        picked.update({(r.arch, r.method): r.trial_ids.split(",")
+                       for r in T.best_configs(trials, sparsity).itertuples()})
+    return picked
 
 
 def curves_data(trials: pd.DataFrame, epochs: pd.DataFrame, sparsity: float | None = None) -> pd.DataFrame:

@@ -38,11 +38,12 @@ TABLE_CAPTIONS = {
               "the ASHA scheduler). They are not scored.",
 }
 FIGURE_CAPTIONS = {
-    "curves": "Training objective and validation accuracy per epoch (best configuration, band over seeds).",
+    "curves": "Training objective and validation accuracy per epoch (best configuration at target sparsity {s}, "
+              "or at any sparsity where none ran at {s}; band over seeds).",
     "weights": "Distribution of all prunable weights: dense model, end of the sparsify phase before projection "
                "(pre_prune), and after masked fine-tuning (final); exact zeros counted separately (▼).",
     "sparsity": "Final validation accuracy against achieved sparsity, with each method's Pareto front.",
-    "admm": "ADMM primal residual and rho per sparsify epoch (best ADMM configuration).",
+    "admm": "ADMM primal residual and rho per sparsify epoch (best ADMM configuration, chosen as for the curves).",
     "importance": "Hyperparameter importance per Optuna study (objective: first study value).",
 }
 
@@ -153,7 +154,7 @@ def render_markdown(report: Report, figure_files: dict[str, str] | None = None) 
         lines += ["", f"## {name}", "", _caption(name, report), ""]
         lines.append(markdown_table(frame) if not frame.empty else "_(no rows)_")
     for name in report.figures:
-        lines += ["", f"## figure: {name}", "", FIGURE_CAPTIONS[name], ""]
+        lines += ["", f"## figure: {name}", "", FIGURE_CAPTIONS[name].format(s=report.sparsity), ""]
         if figure_files and name in figure_files:
             lines.append(f"![{name}]({figure_files[name]})")
     return "\n".join(lines) + "\n"
@@ -177,7 +178,7 @@ def render_html(report: Report) -> str:
         parts.append(f"<div class='scroll'>{body}</div>")
     for name, fig in report.figures.items():
         data = base64.b64encode(figure_bytes(fig, "png")).decode()
-        parts.append(f"<h2>figure: {name}</h2><p>{html.escape(FIGURE_CAPTIONS[name])}</p>"
+        parts.append(f"<h2>figure: {name}</h2><p>{html.escape(FIGURE_CAPTIONS[name].format(s=report.sparsity))}</p>"
                      f"<img class='figure' alt='{name}' src='data:image/png;base64,{data}'>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -144,6 +144,11 @@ def test_no_trial_at_the_requested_sparsity_gives_empty_tables_not_an_error(expe
     trials = load_tables(str(experiment)).trials
     assert comparison_table(trials, 0.33).empty and best_hyperparameters(trials, 0.33).empty
     assert len(comparison_table(trials, 0.5)) == 2  # the same trials at a sparsity they have
+    # figures fall back to each method's best configuration at any sparsity instead of going blank
+    from analysis.plots import best_trial_ids
+
+    assert best_trial_ids(trials, 0.33) == best_trial_ids(trials, None)
+    assert {m for _, m in best_trial_ids(trials, 0.33)} == {"admm", "magnitude"}
 
 
 def test_selection_ignores_test_accuracy(experiment):
