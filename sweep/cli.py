@@ -318,6 +318,12 @@ def resume(args: argparse.Namespace, write: Callable[[str], None]) -> str:
     options = json.loads(raw)
     init_ray(args.local)
     space = without_params(sp.load_space(options["space"]), set(parse_set(options["set"])))
+    from .searcher import tune_trial_ids
+
+    if tune_trial_ids(experiment) is None:
+        # killed during start-up, before Tune saved any state: start Tune afresh on the same Optuna studies
+        log.warning("no Tune state in %s yet: starting its trials afresh (the Optuna studies are kept)", experiment)
+        return launch(options, space, resume=False, write=write)
     return launch(options, space, resume=True, write=write)
 
 
@@ -357,6 +363,7 @@ def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str
         searcher = MultiStudySearcher(experiment_path(experiment, JOURNAL), studies, trials=trials,
                                       seeds=options["seeds"], sampler=options["sampler"],
                                       max_concurrent=options["max_concurrent"])
+        searcher.reconcile(set())  # a new Tune run knows no trial: seeds handed out before (if any) run again
         scheduler = None
         if options["scheduler"] == "asha":
             from ray.tune.schedulers import ASHAScheduler

@@ -127,6 +127,10 @@ class MultiStudySearcher(Searcher):
         if known is None:
             log.warning("no Tune experiment state next to %s: cannot reconcile live trials", self.storage_path)
             return
+        self.reconcile(known)
+
+    def reconcile(self, known: set[str]) -> None:
+        """Seeds handed to Ray trials that Tune does not know (``known``: Tune's trial ids) run again."""
         for ray_id in [r for r in self.live if r not in known]:
             log.info("trial %s was handed out but never saved by Tune: its seed runs again", ray_id)
             self.open_seeds.append(self.live.pop(ray_id))

@@ -150,3 +150,27 @@ def test_asha_stopped_trials_are_pruned_in_optuna_with_their_rows(tmp_path):
         else:  # stopped by ASHA: pruned in Optuna, never completed with its partial value
             assert t.state == TrialState.PRUNED and t.value is None and 1 <= n < 5 and row.epochs_run == n
     assert (trials["status"] == "stopped").any(), "ASHA stopped nothing: the test did not test pruning"
+
+
+def test_resume_of_a_sweep_killed_during_start_up(tmp_path):
+    """Killed after the searcher handed out its first seed but (normally) before Tune saved any state:
+    resume starts Tune afresh on the same Optuna studies and runs that seed again, nothing hangs."""
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "sweep", "run", "--space", "admm", "--local", "--trials", "2",
+                             "--max-concurrent", "1", "--storage", str(tmp_path), "--name", "e", *TINY], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    journal = tmp_path / "e" / "optuna.journal"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (journal.exists() and "ray_trial_0" in journal.read_text()):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before_tune_state = not list((tmp_path / "e").glob("experiment_state-*.json"))
+    r = sweep("resume", "e", "--local", "--storage", str(tmp_path), check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = check_rows(str(tmp_path / "e"), 2)
+    study = optuna.load_study(study_name="mobilenet_v2-admm", storage=open_storage(str(journal)))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert sorted(t.user_attrs["ray_trial_0"] for t in study.trials) == sorted(trials["trial_id"])
+    if before_tune_state:  # the orphaned first seed was handed out again under a new Ray id
+        assert journal.read_text().count("ray_trial_0") == 3
