@@ -146,6 +146,10 @@ def _caption(name: str, report: Report) -> str:
     return TABLE_CAPTIONS[name].format(s=report.sparsity)
 
 
+def _figure_caption(name: str, report: Report) -> str:
+    return FIGURE_CAPTIONS[name].format(s=report.sparsity)
+
+
 def render_markdown(report: Report, figure_files: dict[str, str] | None = None) -> str:
     """The report as Markdown; figures linked by the relative paths in ``figure_files`` if given."""
     lines = ["# Pruning sweep report", "", "Experiments: " + ", ".join(report.experiments), ""]
@@ -154,7 +158,7 @@ def render_markdown(report: Report, figure_files: dict[str, str] | None = None) 
         lines += ["", f"## {name}", "", _caption(name, report), ""]
         lines.append(markdown_table(frame) if not frame.empty else "_(no rows)_")
     for name in report.figures:
-        lines += ["", f"## figure: {name}", "", FIGURE_CAPTIONS[name].format(s=report.sparsity), ""]
+        lines += ["", f"## figure: {name}", "", _figure_caption(name, report), ""]
         if figure_files and name in figure_files:
             lines.append(f"![{name}]({figure_files[name]})")
     return "\n".join(lines) + "\n"
@@ -178,7 +182,7 @@ def render_html(report: Report) -> str:
         parts.append(f"<div class='scroll'>{body}</div>")
     for name, fig in report.figures.items():
         data = base64.b64encode(figure_bytes(fig, "png")).decode()
-        parts.append(f"<h2>figure: {name}</h2><p>{html.escape(FIGURE_CAPTIONS[name].format(s=report.sparsity))}</p>"
+        parts.append(f"<h2>figure: {name}</h2><p>{html.escape(_figure_caption(name, report))}</p>"
                      f"<img class='figure' alt='{name}' src='data:image/png;base64,{data}'>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_cluster_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local", action="store_true", help="start Ray on this machine (else join the cluster)")
-    p.add_argument("--gpus-per-trial", type=float, default=None, help="fractions allowed (0.25: four trials share a GPU); default 0.25 where "
-                        "there are GPUs, else 0")
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="fractions allowed (0.25: four trials share a GPU); default 0.25 where there are GPUs, else 0")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--storage", default="./experiments", help="a path (made absolute) or s3:// gs:// URI")
 
@@ -241,7 +241,8 @@ def autoscaler_node_types(path: str) -> dict[str, dict | None]:
         return {}
     out: dict[str, dict | None] = {}
     for name, spec in (config.get("available_node_types") or {}).items():
-        if name == config.get("head_node_type") or int(spec.get("max_workers", config.get("max_workers", 0)) or 0) <= 0:
+        max_workers = int(spec.get("max_workers", config.get("max_workers", 0)) or 0)
+        if name == config.get("head_node_type") or max_workers <= 0:
             continue
         out[name] = dict(spec["resources"]) if spec.get("resources") else None
     return out
@@ -301,14 +302,14 @@ def start(args: argparse.Namespace, write: Callable[[str], None]) -> str:
     experiment = experiment_path(storage, name)
     options = {**vars(args), "storage": storage, "name": name, "gpus_per_trial": gpus, "archs": archs,
                "base": base, "optuna_storage": JOURNAL}
-    from .ray_tune import write_bytes
+    from trainables.schema import write_bytes
 
     write_bytes(experiment, OPTIONS_FILE, json.dumps(options, indent=1, sort_keys=True).encode())
     return launch(options, space, resume=False, write=write)
 
 
 def resume(args: argparse.Namespace, write: Callable[[str], None]) -> str:
-    from .ray_tune import read_bytes
+    from trainables.schema import read_bytes
 
     storage = args.storage if "://" in args.storage else os.path.abspath(args.storage)
     experiment = experiment_path(storage, args.name)
@@ -329,14 +330,12 @@ def resume(args: argparse.Namespace, write: Callable[[str], None]) -> str:
 
 def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str], None]) -> str:
     """Build the Tuner (or restore it), run it, print the summary; returns the experiment folder."""
-    import ray
     from ray import tune
 
     from trainables.data import load_splits
 
     from .progress import LiveTable
     from .ray_tune import EndWriter, TrialContext, start_dense_store, sweep_trainable
-    from .ray_tune import write_bytes
     from .searcher import MultiStudySearcher, StudySpec
 
     storage, name = options["storage"], options["name"]

@@ -8,6 +8,7 @@ final-report marker for its own.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -22,6 +23,7 @@ from ray import tune
 
 from trainables import schema
 from trainables.config import TrialConfig
+from trainables.schema import read_bytes, write_bytes
 
 from .searcher import META_KEYS
 
@@ -56,14 +58,12 @@ class DenseStoreActor:
     """
 
     def __init__(self, experiment: str, lease_s: float = LEASE_S):
-        import json as _json
-
         self.experiment = experiment
         self.lease_s = lease_s
         self.payloads: dict[str, bytes] = {}
         self.leases: dict[str, tuple[str, float]] = {}
         stored = read_bytes(experiment, posixpath.join(DENSE_DIR, "builds.json"))
-        self.builds: dict[str, int] = _json.loads(stored) if stored else {}
+        self.builds: dict[str, int] = json.loads(stored) if stored else {}
 
     def acquire(self, key: str) -> tuple[str, bytes | str | None]:
         """("ready", payload) | ("build", token): build, then put(key, token, payload) | ("wait", None)."""
@@ -111,9 +111,7 @@ class DenseStoreActor:
         return self.lease_s
 
     def _save_builds(self) -> None:
-        import json as _json
-
-        write_bytes(self.experiment, posixpath.join(DENSE_DIR, "builds.json"), _json.dumps(self.builds).encode())
+        write_bytes(self.experiment, posixpath.join(DENSE_DIR, "builds.json"), json.dumps(self.builds).encode())
 
 
 def start_dense_store(name: str, experiment: str, lease_s: float = LEASE_S):
@@ -169,30 +167,6 @@ class RayDenseStore:
         return payload
 
 
-def read_bytes(root: str, rel: str) -> bytes | None:
-    fs, base = schema.resolve(root)
-    path = posixpath.join(base, rel)
-    try:
-        with fs.open_input_stream(path) as f:
-            return f.read()
-    except (FileNotFoundError, OSError):
-        return None
-
-
-def write_bytes(root: str, rel: str, data: bytes) -> None:
-    """Write atomically on local disks (temp + rename); an object-store PUT is atomic by itself."""
-    import pyarrow.fs as pafs
-
-    fs, base = schema.resolve(root)
-    path = posixpath.join(base, rel)
-    fs.create_dir(posixpath.dirname(path), recursive=True)
-    target = path + ".tmp" if isinstance(fs, pafs.LocalFileSystem) else path
-    with fs.open_output_stream(target) as f:
-        f.write(data)
-    if target != path:
-        fs.move(target, path)
-
-
 # -- the trainable -----------------------------------------------------------------------------------
 def split_config(config: dict) -> tuple[dict, dict]:
     """(TrialConfig flat dict, sweep metadata)."""
@@ -244,9 +218,8 @@ def finished_row(experiment: str, flat: dict, trial_id: str) -> dict | None:
     """This trial's trials-table row when it already ended ok or diverged, else None."""
     import pyarrow.parquet as pq
 
-    fs, base = schema.resolve(experiment)
-    path = posixpath.join(base, schema.RESULTS_DIR, "trials", f"arch={flat.get('arch')}",
-                          f"method={flat.get('method')}", f"{trial_id}.parquet")
+    fs, path = schema.trial_file(experiment, "trials", arch=flat.get("arch"), method=flat.get("method"),
+                                 trial_id=trial_id)
     try:
         rows = pq.read_table(path, filesystem=fs).to_pylist()
     except (FileNotFoundError, OSError):
@@ -275,14 +248,10 @@ class EndWriter(tune.Callback):
         if not (trial.last_result or {}).get("trial_done"):
             self._write(trial, "stopped", "stopped early by the scheduler")
 
-    def _finished(self, trial) -> bool:
-        flat, _ = split_config(trial.config)
-        return finished_row(self.context.experiment, flat, trial.trial_id) is not None
-
     def _write(self, trial, status: str, error: str) -> None:
-        if self._finished(trial):
-            return  # the trial wrote its own ok/diverged tables: they are the truth
         flat, meta = split_config(trial.config)
+        if finished_row(self.context.experiment, flat, trial.trial_id) is not None:
+            return  # the trial wrote its own ok/diverged tables: they are the truth
         try:
             cfg = TrialConfig.from_dict(flat)
         except Exception:  # noqa: BLE001 - a row is still wanted; record the raw config
@@ -291,11 +260,11 @@ class EndWriter(tune.Callback):
         row = failed_row(trial.trial_id, flat, meta, cfg, self.context, error)
         row.update(status=status, epochs_run=len(epochs),
                    wall_time_s=float((trial.last_result or {}).get("time_total_s", math.nan)))
-        where = dict(arch=flat.get("arch", "unknown"), method=flat.get("method", "unknown"), trial_id=trial.trial_id)
+        where = dict(arch=flat.get("arch", "unknown"), method=flat.get("method", "unknown"),
+                     trial_id=trial.trial_id)
         if epochs:
             schema.write_trial_table(self.context.experiment, "epochs",
-                                     [dict(r, trial_id=trial.trial_id) for r in epochs],
-                                     **where)
+                                     [dict(r, trial_id=trial.trial_id) for r in epochs], **where)
         schema.write_trial_table(self.context.experiment, "trials", [row], **where)
 
 

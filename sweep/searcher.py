@@ -251,28 +251,25 @@ class JournalMirror:
             self.local = path.removeprefix("file://")
             os.makedirs(os.path.dirname(os.path.abspath(self.local)), exist_ok=True)
             return
+        from trainables.schema import parent, read_bytes
+
         digest = hashlib.sha1(path.encode()).hexdigest()[:16]
         folder = os.path.join(tempfile.gettempdir(), "prunesweep-journals", digest)
         os.makedirs(folder, exist_ok=True)
         self.local = os.path.join(folder, "optuna.journal")
-        import pyarrow.fs as pafs
-
-        self.fs, self.fs_path = pafs.FileSystem.from_uri(path)
-        try:
-            with self.fs.open_input_stream(self.fs_path) as f:
-                data = f.read()
-        except (FileNotFoundError, OSError):
-            data = b""  # a new sweep: the bucket is the truth, so no stale local copy either
+        self.folder, self.name = parent(path), posixpath.basename(path.partition("?")[0])
+        # a new sweep has none: the bucket is the truth, so no stale local copy either
+        data = read_bytes(self.folder, self.name) or b""
         with open(self.local, "wb") as f:
             f.write(data)
 
     def push(self) -> None:
         if not self.remote:
             return
+        from trainables.schema import write_bytes
+
         with open(self.local, "rb") as f:
-            data = f.read()
-        with self.fs.open_output_stream(self.fs_path) as out:
-            out.write(data)
+            write_bytes(self.folder, self.name, f.read())
 
 
 def tune_trial_ids(experiment: str) -> set[str] | None:

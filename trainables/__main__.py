@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    help=f"default: {f.default!r}")
     train.add_argument("--json", action="store_true", help="print the trial summary as JSON on stdout")
     train.add_argument("--out", help="write the four Parquet tables under this folder")
-    train.add_argument("--checkpoint-dir", help="keep the last checkpoint in this folder (one per epoch except the last, which ends the trial)")
+    train.add_argument("--checkpoint-dir", help="keep the last checkpoint in this folder (one per epoch "
+                                                "except the last, which ends the trial)")
     train.add_argument("--resume", help="resume from a checkpoint folder")
     train.add_argument("--trial-id", default="local")
     train.add_argument("-v", "--verbose", action="store_true")

@@ -26,7 +26,6 @@ from __future__ import annotations
 from torch import nn
 from torchvision import models as tvm
 
-# arch -> names of the Conv2d modules whose stride becomes 1 (see the module docstring)
 # arch -> (stem conv, the block whose stride-2 depthwise conv becomes stride 1)
 _STRIDE_ONE = {
     "mobilenet_v2": ("features.0.0", "features.2"),

@@ -174,16 +174,43 @@ def table_dir(root: str, name: str) -> str:
     return join(root, RESULTS_DIR, name)
 
 
+def read_bytes(root: str, rel: str) -> bytes | None:
+    """The file ``rel`` under ``root`` (local path or URI), or None when it cannot be read."""
+    fs, base = resolve(root)
+    try:
+        with fs.open_input_stream(posixpath.join(base, rel)) as f:
+            return f.read()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def write_bytes(root: str, rel: str, data: bytes) -> None:
+    """Write atomically on local disks (temp + rename); an object-store PUT is atomic by itself."""
+    fs, base = resolve(root)
+    path = posixpath.join(base, rel)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    target = path + ".tmp" if isinstance(fs, pafs.LocalFileSystem) else path
+    with fs.open_output_stream(target) as f:
+        f.write(data)
+    if target != path:
+        fs.move(target, path)
+
+
+def trial_file(root: str, name: str, *, arch: str, method: str, trial_id: str) -> tuple[pafs.FileSystem, str]:
+    """File system and path of one trial's file of table ``name`` (the hive layout of the module docstring)."""
+    fs, base = resolve(root)
+    return fs, posixpath.join(base, RESULTS_DIR, name, f"arch={arch}", f"method={method}", f"{trial_id}.parquet")
+
+
 def write_trial_table(root: str, name: str, rows: Iterable[Mapping[str, Any]], *, arch: str, method: str,
                       trial_id: str) -> str:
     """Write one trial's rows of table ``name`` atomically; return the final path (or URI path).
 
     Replaces an earlier file of the same trial (a retried or resumed trial never duplicates rows).
     """
-    fs, base = resolve(root)
-    folder = posixpath.join(base, RESULTS_DIR, name, f"arch={arch}", f"method={method}")
+    fs, final = trial_file(root, name, arch=arch, method=method, trial_id=trial_id)
+    folder = posixpath.dirname(final)
     fs.create_dir(folder, recursive=True)
-    final = posixpath.join(folder, f"{trial_id}.parquet")
     table = to_table(name, rows)
     if isinstance(fs, pafs.LocalFileSystem):
         tmp = posixpath.join(folder, f".tmp-{trial_id}-{uuid.uuid4().hex}.parquet")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
-import json
 import logging
 import math
 import os
@@ -235,8 +234,10 @@ def _ray_node_id() -> str:
 class _Trial:
     """State of one trial; run() walks the phases, skipping what a resumed checkpoint already did."""
 
-    def __init__(self, cfg: TrialConfig, data: Splits, report, dense_store, trial_id: str):
+    def __init__(self, cfg: TrialConfig, data: Splits, report, dense_store, trial_id: str, *,
+                 data_given: bool = False, on_result: Callable[[TrialResult], None] | None = None):
         self.cfg, self.data, self.report, self.dense_store, self.trial_id = cfg, data, report, dense_store, trial_id
+        self.data_given, self.on_result = data_given, on_result
         self.device = _device(cfg)
         if cfg.run.max_threads:
             torch.set_num_threads(cfg.run.max_threads)
@@ -270,8 +271,6 @@ class _Trial:
         self.weights: list[dict] = []
         self.phase, self.phase_epoch, self.status, self.error = "dense", 0, "ok", ""
         self.elapsed = 0.0
-        self.data_given = False
-        self.on_result: Callable[[TrialResult], None] | None = None
         self.optimizer = None
         self.t0 = time.monotonic()
 
@@ -503,8 +502,7 @@ def run_trial(config: TrialConfig | Mapping[str, Any], *, data: Splits | None = 
     data_given = data is not None
     if data is None:
         data = load_splits(cfg.data)
-    trial = _Trial(cfg, data, report, dense_store, trial_id)
-    trial.data_given, trial.on_result = data_given, on_result
+    trial = _Trial(cfg, data, report, dense_store, trial_id, data_given=data_given, on_result=on_result)
     if resume_from is not None:
         trial.load(resume_from)
     return trial.run(resumed=resume_from is not None)
