@@ -50,7 +50,7 @@ TINY: dict[str, Any] = {
 }
 # Every parameter a built-in space searches, fixed: both runs do exactly the same work.
 FIXED: dict[str, dict[str, Any]] = {
-    "admm": {"method": "admm", "lr": 1e-3, "sparsity": 0.5, "rho": 0.01, "rho_growth": 1.0, "admm_interval": 1,
+    "admm": {"method": "admm", "lr": 1e-3, "sparsity": 0.5, "rho": 0.01, "rho_growth": 1.0, "admm_interval": 0.25,
              "rho_max": 10.0},
     "baseline": {"method": "magnitude", "lr": 1e-3, "sparsity": 0.5, "schedule": "per_step"},
 }

@@ -55,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start a sweep")
     run.add_argument("--space", default="admm", help="admm | baseline | compare | seed | a .toml/.yaml file")
     run.add_argument("--arch", default="mobilenet_v2", help=f"comma-separated, from {', '.join(ARCHS)}")
-    run.add_argument("--dataset", default="digits", help="|".join(DATASETS))
-    run.add_argument("--data-dir", default=None, help="a folder in CIFAR-10's python layout (no download)")
+    run.add_argument("--dataset", default=None,
+                     help=f"{' | '.join(DATASETS)}; default digits, or cifar10 when --data-dir is given")
+    run.add_argument("--data-dir", default=None,
+                     help="a folder in CIFAR-10's python layout (no download); implies --dataset cifar10")
     run.add_argument("--trials", type=int, default=8, help="Optuna configurations per (arch, method) study")
     run.add_argument("--seeds", type=int, default=1, help="seeds per configuration (mean told to Optuna)")
     run.add_argument("--width", type=float, default=0.5, help="MobileNet width multiplier")
@@ -129,27 +131,116 @@ def validate_run(args: argparse.Namespace) -> tuple[sp.Space, list[str], dict[st
     if args.scheduler == "asha" and any(space.searches_sparsity(m) for m in space.methods):
         raise UsageError("--scheduler", "asha needs a single-objective space (sparsity fixed); this space "
                                         "searches sparsity (multi-objective)")
-    base = {"dataset": args.dataset, "width": args.width, "dense_epochs": args.dense_epochs,
-            "sparsify_epochs": args.sparsify_epochs, "finetune_epochs": args.finetune_epochs}
-    if args.data_dir:
-        base["data_dir"] = os.path.abspath(args.data_dir)
+    base = base_config(args)
     fixed_by_set = parse_set(args.set)
     base.update(fixed_by_set)
     space = without_params(space, set(fixed_by_set))  # --set wins over the space: that key is not searched
     for arch in archs:
         for method in space.methods:
-            probe = {**{k: sp.sample_values(v)[0] for k, v in space.params_for(method).items()},
-                     **base, "arch": arch, "method": method}
-            try:
-                TrialConfig.from_dict(probe)
-            except ConfigError as e:
-                option = "--set" if e.field in fixed_by_set else f"--{e.field.replace('_', '-')}"
-                raise UsageError(option, str(e)) from None
+            for probe in probes(space, method, base, arch):
+                try:
+                    TrialConfig.from_dict(probe)
+                except ConfigError as e:
+                    raise UsageError(option_of(e.field, space, method, fixed_by_set), str(e)) from None
+    if args.scheduler == "asha":
+        asha_max_t(space, archs, base)  # raises UsageError when the space searches an epoch count
     if args.cpus_per_trial <= 0:
         raise UsageError("--cpus-per-trial", f"{args.cpus_per_trial} must be > 0")
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
         raise UsageError("--gpus-per-trial", f"{args.gpus_per_trial} must be >= 0")
     return space, archs, base
+
+
+def base_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The flat config every trial of the sweep shares, from the run options (before --set)."""
+    base = {"dataset": args.dataset or ("cifar10" if args.data_dir else "digits"), "width": args.width,
+            "dense_epochs": args.dense_epochs, "sparsify_epochs": args.sparsify_epochs,
+            "finetune_epochs": args.finetune_epochs}
+    if args.data_dir:
+        if args.dataset not in (None, "cifar10"):
+            raise UsageError("--data-dir", f"a CIFAR-10 folder was given with --dataset {args.dataset}: drop one "
+                                           "(--data-dir implies --dataset cifar10)")
+        if not os.path.isdir(args.data_dir):
+            raise UsageError("--data-dir", f"{args.data_dir} is not a folder (expected CIFAR-10's python layout, "
+                                           "cifar-10-batches-py)")
+        base["data_dir"] = os.path.abspath(args.data_dir)
+    return base
+
+
+MAX_PROBES = 4096
+
+
+def probes(space: sp.Space, method: str, base: dict[str, Any], arch: str) -> list[dict[str, Any]]:
+    """Every combination of the space's checkable values (range ends, choices, fixed values) over ``base``.
+
+    Checking the combinations, not each value alone, catches values that are valid apart and invalid
+    together (an ADMM interval too long for the phase's length). Capped at MAX_PROBES combinations.
+    """
+    import itertools
+
+    params = space.params_for(method)
+    names = list(params)
+    out = []
+    for values in itertools.product(*(sp.sample_values(params[n]) for n in names)):
+        out.append({**dict(zip(names, values)), **base, "arch": arch, "method": method})
+        if len(out) >= MAX_PROBES:
+            break
+    return out
+
+
+def option_of(field: str, space: sp.Space, method: str, fixed_by_set: dict[str, Any]) -> str:
+    """The command-line option a bad config field came from."""
+    if field in fixed_by_set:
+        return "--set"
+    if field in space.params_for(method):
+        return "--space"
+    return f"--{field.replace('_', '-')}"
+
+
+EPOCH_FIELDS = ("dense_epochs", "sparsify_epochs", "finetune_epochs")
+
+
+def asha_max_t(space: sp.Space, archs: list[str], base: dict[str, Any]) -> int:
+    """ASHA's max_t: the reports of one trial (sparsify + fine-tune epochs) from the RESOLVED config (base,
+    --set and the space's fixed values); UsageError when the space searches an epoch count (trials would
+    differ in length and ASHA would stop the long ones as if they lagged)."""
+    lengths = set()
+    for method in space.methods:
+        params = space.params_for(method)
+        searched = [k for k in EPOCH_FIELDS if k in params and params[k].kind != "fixed"]
+        if searched:
+            raise UsageError("--scheduler", f"asha needs trials of one length; the space searches {searched[0]}: "
+                                            "fix it (--set) or use --scheduler none")
+        probe = {**{k: d.value for k, d in params.items() if d.kind == "fixed"}, **base, "arch": archs[0],
+                 "method": method}
+        lengths.add(TrialConfig.from_dict(probe).control_epochs)
+    if len(lengths) > 1:
+        raise UsageError("--scheduler", f"asha needs trials of one length; the methods' trials run {sorted(lengths)} "
+                                        "epochs")
+    return max(lengths.pop(), 1)
+
+
+def check_data(space: sp.Space, archs: list[str], base: dict[str, Any], fixed: set[str], splits) -> None:
+    """Checks that need the data's size (the ADMM update count per phase), for every probe; UsageError."""
+    from trainables.trial import check_trial
+
+    for arch in archs:
+        for method in space.methods:
+            for probe in probes(space, method, base, arch):
+                try:
+                    check_trial(TrialConfig.from_dict(probe), splits)
+                except ConfigError as e:
+                    raise UsageError(option_of(e.field, space, method, dict.fromkeys(fixed)), str(e)) from None
+
+
+def load_data(base: dict[str, Any], arch: str):
+    """The sweep's dataset, loaded once in the driver; a DataError becomes a UsageError naming the option."""
+    from trainables.data import DataError, load_splits
+
+    try:
+        return load_splits(TrialConfig.from_dict({**base, "arch": arch}).data)
+    except DataError as e:
+        raise UsageError(f"--{e.field.replace('_', '-')}", e.message) from None
 
 
 def without_params(space: sp.Space, keys: set[str]) -> sp.Space:
@@ -295,6 +386,8 @@ def start(args: argparse.Namespace, write: Callable[[str], None]) -> str:
     if exists(experiment_path(storage, name)):
         raise UsageError("--name", f"experiment {name!r} already exists in {storage}: use "
                                    f"`python -m sweep resume {name}` or another --name (nothing overwritten)")
+    splits = load_data(base, archs[0])  # once per sweep, before Ray: a bad folder or size is a usage error
+    check_data(space, archs, base, set(parse_set(args.set)), splits)
     init_ray(args.local)
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else default_gpus(args.local)
     check_resources(args.cpus_per_trial, gpus, local=args.local)
@@ -305,7 +398,7 @@ def start(args: argparse.Namespace, write: Callable[[str], None]) -> str:
     from trainables.schema import write_bytes
 
     write_bytes(experiment, OPTIONS_FILE, json.dumps(options, indent=1, sort_keys=True).encode())
-    return launch(options, space, resume=False, write=write)
+    return launch(options, space, resume=False, write=write, splits=splits)
 
 
 def resume(args: argparse.Namespace, write: Callable[[str], None]) -> str:
@@ -328,11 +421,9 @@ def resume(args: argparse.Namespace, write: Callable[[str], None]) -> str:
     return launch(options, space, resume=True, write=write)
 
 
-def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str], None]) -> str:
+def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str], None], splits=None) -> str:
     """Build the Tuner (or restore it), run it, print the summary; returns the experiment folder."""
     from ray import tune
-
-    from trainables.data import load_splits
 
     from .progress import LiveTable
     from .ray_tune import EndWriter, TrialContext, start_dense_store, sweep_trainable
@@ -341,14 +432,14 @@ def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str
     storage, name = options["storage"], options["name"]
     experiment = experiment_path(storage, name)
     base = options["base"]
-    splits = load_splits(TrialConfig.from_dict({**base, "arch": options["archs"][0]}).data)  # once per sweep
+    if splits is None:
+        splits = load_data(base, options["archs"][0])  # once per sweep
     actor_name = f"dense-store-{name}"
     # the handle must live as long as the sweep: a non-detached actor dies with its last handle
     dense_store = start_dense_store(actor_name, experiment)  # dense/builds.json: its build counts
     ctx = TrialContext(experiment=experiment, name=name, space=space.name, dense_actor=actor_name)
     trainable = tune.with_resources(tune.with_parameters(sweep_trainable, data=splits, context=ctx),
                                     {"cpu": options["cpus_per_trial"], "gpu": options["gpus_per_trial"]})
-    reports = max(options["sparsify_epochs"] + options["finetune_epochs"], 1)  # docs/ARCHITECTURE.md
     callbacks = [EndWriter(ctx), LiveTable()]
     if resume:
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
@@ -367,8 +458,9 @@ def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str
         if options["scheduler"] == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
+            # max_t: the reports of one trial (docs/ARCHITECTURE.md), from the resolved trial config
             scheduler = ASHAScheduler(metric="val_acc", mode="max", time_attr="training_iteration",
-                                      max_t=reports, grace_period=1)
+                                      max_t=asha_max_t(space, options["archs"], base), grace_period=1)
         total = len(studies) * trials * options["seeds"]
         tuner = tune.Tuner(
             trainable,

@@ -132,13 +132,15 @@ class RayDenseStore:
         self.actor = ray.get_actor(actor_name)
         self.poll_s = poll_s
 
-    def get_or_build(self, key: str, build: Callable[[], bytes]) -> bytes:
+    def get_or_build(self, key: str, build: Callable[[], bytes], wait: bool = True) -> bytes | None:
         while True:
             state, value = ray.get(self.actor.acquire.remote(key))
             if state == "ready":
                 return value
             if state == "build":
                 return self._build(key, value, build)
+            if not wait:
+                return None
             time.sleep(self.poll_s)
 
     def _build(self, key: str, token: str, build: Callable[[], bytes]) -> bytes:
@@ -285,14 +287,12 @@ def checkpoint_epochs(trial) -> list[dict]:
 
 
 def failed_row(trial_id, flat, meta, cfg, context, error) -> dict:
-    p = cfg.prune if cfg else None
+    hyper = {k: v for k, v in cfg.hyperparameters().items() if k in schema.HYPERPARAMETERS} if cfg else {}
     return {
         "experiment": context.name, "trial_id": trial_id, "study": meta.get("_study", ""),
         "optuna_trial": int(meta.get("_optuna_trial", -1)), "space": context.space,
-        "seed": int(flat.get("seed", 0)), "status": "failed", "error": read_error(error),
-        "sparsity_set": p.sparsity_set if p else None, "target_sparsity": p.target_sparsity if p else None,
-        "lr": flat.get("lr"), "rho": flat.get("rho") if flat.get("method") == "admm" else math.nan,
-        "config_json": schema.dumps(flat), "dense_key": cfg.dense_key() if cfg else None,
+        "seed": int(flat.get("seed", 0)), "status": "failed", "error": read_error(error), **hyper,
+        "config_json": schema.dumps(flat),
     }
 
 

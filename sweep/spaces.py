@@ -11,7 +11,7 @@ User file format (TOML shown; YAML has the same keys)::
     methods = ["admm"]               # admm and/or magnitude
     [params]
     lr = {type = "float", low = 1e-4, high = 1e-2, log = true}
-    admm_interval = {type = "int", low = 1, high = 3}
+    admm_interval = {type = "categorical", choices = [0.25, 0.5]}   # epochs between Z/U updates
     sparsity_set = {type = "categorical", choices = ["uniform", "global"]}
     sparsity = 0.5                   # a plain value: fixed
     [method_params.admm]             # only for trials of that method
@@ -92,7 +92,11 @@ BUILTIN: dict[str, Space] = {
     "admm": Space(
         "admm", "ADMM: rho, lr, sparsity, rho growth, update interval", ("admm",),
         {"lr": _f(1e-4, 1e-2, True), "sparsity": SPARSITY_LEVELS},
-        {"admm": {"rho": _f(1e-4, 1.0, True), "rho_growth": _f(1.0, 1.5), "admm_interval": Dist("int", 1, 3),
+        {"admm": {"rho": _f(1e-4, 1.0, True), "rho_growth": _f(1.0, 1.5),
+                  # in epochs, relative to the data's size: 8, 4 or 2 Z/U updates per epoch, so even a 2-epoch
+                  # sparsify phase makes several updates that act on W (DESIGN rule 12; checked before start)
+                  "admm_interval": Dist("categorical", choices=(0.125, 0.25, 0.5)),
+                  "admm_interval_unit": Dist("fixed", value="epoch"),
                   # rho_max must stay >= rho whatever rho is drawn; growth is capped here
                   "rho_max": Dist("fixed", value=10.0)}},
     ),

@@ -67,7 +67,7 @@ def test_dense_key_shared_by_methods_and_split_by_recipe():
 
 def test_nm_target_sparsity():
     cfg = TrialConfig.from_dict({"sparsity_set": "nm", "nm_n": 2, "nm_m": 4})
-    assert cfg.prune.target_sparsity == 0.5
+    assert cfg.prune.nominal_sparsity == 0.5
 
 
 def test_gradual_schedule_with_nm_pattern_is_refused():

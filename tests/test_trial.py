@@ -71,16 +71,18 @@ def test_methods_share_byte_identical_dense_weights(splits, tmp_path):
     built = []
     orig = store.get_or_build
 
-    def counting(key, build):
-        return orig(key, lambda: built.append(key) or build())
+    def counting(key, build, wait=True):
+        return orig(key, lambda: built.append(key) or build(), wait=wait)
 
     store.get_or_build = counting
     cfg = dict(TINY, sparsify_epochs=1, finetune_epochs=1)
     a = run_trial(dict(cfg, method="admm"), data=splits, dense_store=store)
     m = run_trial(dict(cfg, method="magnitude", schedule="one_shot"), data=splits, dense_store=store)
-    assert len(built) == 1
-    assert len(os.listdir(tmp_path / "dense")) == 2  # payload + lock
+    # one dense model and one dense control, each built once: payload + lock each
+    assert built == [a.summary["dense_key"], a.summary["control_key"]]
+    assert len(os.listdir(tmp_path / "dense")) == 4
     assert a.summary["dense_key"] == m.summary["dense_key"]
+    assert a.summary["control_val_acc"] == m.summary["control_val_acc"]
     assert a.summary["dense_val_acc"] == m.summary["dense_val_acc"]
     # pre-prune is the end of the sparsify phase (DESIGN.md), so it is each method's own, not the dense one
     for r in (a, m):

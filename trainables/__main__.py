@@ -51,7 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _flat(args: argparse.Namespace) -> dict:
     owners = C.field_owners()
-    return {k: v for k, v in vars(args).items() if k in owners and v is not None}
+    flat = {k: v for k, v in vars(args).items() if k in owners and v is not None}
+    if flat.get("data_dir") is not None:
+        # a given option is never ignored: --data-dir means CIFAR-10 files (a conflicting --dataset is refused
+        # by the config with exit 2), and the folder is made absolute before anything reads it
+        flat.setdefault("dataset", "cifar10")
+        flat["data_dir"] = os.path.abspath(flat["data_dir"])
+    return flat
 
 
 def _keep_checkpoint(target: str | None):

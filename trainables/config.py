@@ -27,6 +27,18 @@ LR_SCHEDULES = ("constant", "cosine")
 INTERVAL_UNITS = ("epoch", "step")
 DEVICES = ("auto", "cpu", "cuda")
 
+# Field metadata, read by hyperparameter_fields() and TrialConfig.dense_key(): each fact is declared once, at
+# the field it describes, so a new field cannot be forgotten by a hand-written list somewhere else.
+DENSE = {"dense": True}  # changes the dense-phase payload: part of the shared dense checkpoint's key
+NOT_HP = {"hyperparameter": False}  # how or where a trial runs, not what it computes: not a results column
+DENSE_NOT_HP = {**DENSE, **NOT_HP}
+
+# The hyperparameters that only one method reads; the other method's rows record them as null.
+METHOD_FIELDS = {
+    "admm": ("rho", "rho_growth", "rho_max", "admm_interval", "admm_interval_unit"),
+    "magnitude": ("schedule", "gradual_interval"),
+}
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid. ``field`` names the offending key."""
@@ -57,16 +69,19 @@ def _range(name: str, value: Any, lo: float, hi: float, *, lo_open=False, hi_ope
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "digits"
-    data_dir: str | None = None  # a folder holding cifar-10-batches-py; None: download into the cache
-    cache_dir: str | None = None  # where cifar10 is downloaded; None: ~/.cache/prunesweep
-    val_fraction: float = 0.1  # carved from the training split, seeded by split_seed
-    split_seed: int = 0  # independent of the trial seed so every trial sees the same validation set
-    batch_size: int = 128  # images per optimizer step
-    augment: bool = True  # random crop (pad 4) + horizontal flip, batched on the trial's device
-    synthetic_train: int = 2048  # synthetic dataset sizes (images)
-    synthetic_test: int = 512
-    limit_train: int | None = None  # keep only the first N training images (smoke runs, tests)
+    dataset: str = field(default="digits", metadata=DENSE)
+    # a folder in CIFAR-10's python layout (cifar-10-batches-py); only with dataset cifar10 (the CLIs imply it)
+    data_dir: str | None = field(default=None, metadata=DENSE)
+    # where cifar10 is downloaded; None: ~/.cache/prunesweep (the bytes are checksummed: not part of any key)
+    cache_dir: str | None = field(default=None, metadata=NOT_HP)
+    val_fraction: float = field(default=0.1, metadata=DENSE)  # carved from the training split by split_seed
+    # independent of the trial seed so every trial sees the same validation set
+    split_seed: int = field(default=0, metadata=DENSE)
+    batch_size: int = field(default=128, metadata=DENSE)  # images per optimizer step, in every phase
+    augment: bool = field(default=True, metadata=DENSE)  # random crop (pad 4) + horizontal flip, on device
+    synthetic_train: int = field(default=2048, metadata=DENSE)  # synthetic dataset sizes (images)
+    synthetic_test: int = field(default=512, metadata=DENSE)
+    limit_train: int | None = field(default=None, metadata=DENSE)  # keep the first N training images (smoke)
 
     def validate(self) -> None:
         _choice("dataset", self.dataset, DATASETS)
@@ -77,13 +92,17 @@ class DataConfig:
         _range("synthetic_test", self.synthetic_test, 10, 10_000_000, kind=int)
         if self.limit_train is not None:
             _range("limit_train", self.limit_train, 20, 10_000_000, kind=int)
+        if self.data_dir is not None and self.dataset != "cifar10":
+            # a given option is never ignored: a folder of CIFAR-10 files with another dataset is a contradiction
+            raise ConfigError("data_dir", f"a CIFAR-10 folder was given but dataset is {self.dataset!r}: drop "
+                                          "data_dir or use dataset cifar10")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "mobilenet_v2"
-    width: float = 1.0  # torchvision's width_mult; tests use small values such as 0.25
-    num_classes: int = 10
+    arch: str = field(default="mobilenet_v2", metadata=DENSE)
+    width: float = field(default=1.0, metadata=DENSE)  # torchvision's width_mult; tests use e.g. 0.25
+    num_classes: int = field(default=10, metadata=DENSE)
 
     def validate(self) -> None:
         _choice("arch", self.arch, ARCHS)
@@ -95,11 +114,11 @@ class ModelConfig:
 class DenseConfig:
     """The dense recipe. Its hash keys the shared dense checkpoint, so both methods start from it."""
 
-    dense_epochs: int = 10
-    dense_optimizer: str = "sgd"
-    dense_lr: float = 0.05  # SGD lr per batch of `batch_size` images
-    dense_weight_decay: float = 5e-4
-    dense_lr_schedule: str = "cosine"
+    dense_epochs: int = field(default=10, metadata=DENSE)
+    dense_optimizer: str = field(default="sgd", metadata=DENSE)
+    dense_lr: float = field(default=0.05, metadata=DENSE)  # SGD lr per batch of `batch_size` images
+    dense_weight_decay: float = field(default=5e-4, metadata=DENSE)
+    dense_lr_schedule: str = field(default="cosine", metadata=DENSE)
 
     def validate(self) -> None:
         _range("dense_epochs", self.dense_epochs, 0, 10_000, kind=int)
@@ -122,7 +141,11 @@ class PruneConfig:
     rho: float = 0.01  # ADMM penalty weight (seed: 0.01)
     rho_growth: float = 1.0  # rho <- min(rho * rho_growth, rho_max) after each Z/U update
     rho_max: float = 1.0
-    admm_interval: int = 1  # Z/U update every admm_interval `admm_interval_unit`s
+    # Z/U update every admm_interval `admm_interval_unit`s; epochs may be fractional (0.25: four updates per
+    # epoch, so a 2-epoch phase still makes several updates); steps must be whole. At least 2 updates must
+    # come before the phase's last step (trainables.methods.admm_schedule), or U never acts and "ADMM" is an
+    # L2 pull towards the first projection.
+    admm_interval: float = 0.25
     admm_interval_unit: str = "epoch"
 
     def validate(self) -> None:
@@ -136,16 +159,20 @@ class PruneConfig:
         _range("rho", self.rho, 0.0, 1e4, lo_open=True)
         _range("rho_growth", self.rho_growth, 1.0, 100.0)
         _range("rho_max", self.rho_max, self.rho, 1e6)
-        _range("admm_interval", self.admm_interval, 1, 1_000_000, kind=int)
         _choice("admm_interval_unit", self.admm_interval_unit, INTERVAL_UNITS)
+        if self.admm_interval_unit == "step":
+            _range("admm_interval", self.admm_interval, 1, 1_000_000, kind=int)
+        else:
+            _range("admm_interval", self.admm_interval, 0.0, 10_000, lo_open=True)
         if self.method == "magnitude" and self.schedule == "gradual" and self.sparsity_set == "nm":
             # a cubic ramp of the sparsity has no meaning for a fixed n:m pattern
             raise ConfigError("schedule", "gradual needs sparsity_set uniform or global (an n:m pattern has one "
                                           "fixed sparsity); use per_step or one_shot with nm")
 
     @property
-    def target_sparsity(self) -> float:
-        """Fraction of prunable weights that are zero at the end (N:M fixes it to 1 - n/m)."""
+    def nominal_sparsity(self) -> float:
+        """The nominal level (N:M: 1 - n/m on the layers it applies to). The exact overall target, which
+        N:M leaves below this, is the set's own ``SparsitySet.sparsity`` (recorded as target_sparsity)."""
         return 1.0 - self.nm_n / self.nm_m if self.sparsity_set == "nm" else self.sparsity
 
 
@@ -157,12 +184,13 @@ class TrainConfig:
     finetune_epochs: int = 5
     optimizer: str = "adam"  # the seed used Adam, lr 1e-3
     lr: float = 1e-3
-    momentum: float = 0.9  # SGD only (Nesterov)
+    momentum: float = field(default=0.9, metadata=DENSE)  # SGD only (Nesterov), the dense phase's too
     weight_decay: float = 0.0
     lr_schedule: str = "constant"  # constant | cosine (per phase)
     finetune_lr_scale: float = 1.0  # fine-tune lr = lr * finetune_lr_scale
-    label_smoothing: float = 0.0
-    bn_recal_batches: int = 50  # training batches used to re-estimate BatchNorm statistics (DESIGN rule 9)
+    label_smoothing: float = field(default=0.0, metadata=DENSE)  # every phase's loss, the dense one's too
+    # training batches used to re-estimate BatchNorm statistics before every accuracy (DESIGN rules 9, 10)
+    bn_recal_batches: int = field(default=50, metadata=DENSE)
 
     def validate(self) -> None:
         _range("sparsify_epochs", self.sparsify_epochs, 0, 10_000, kind=int)
@@ -179,10 +207,15 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    seed: int = 0  # trial seed: weight init, data order, augmentation
-    device: str = "auto"  # auto: cuda when present, else cpu
-    eval_test: bool = True  # measure test accuracy at dense/pre/post/final (never used for selection)
-    max_threads: int | None = None  # torch intra-op threads; None leaves torch's default
+    seed: int = field(default=0, metadata=DENSE_NOT_HP)  # trial seed: weight init, data order, augmentation
+    # auto: cuda when present, else cpu (the resolved device and its precision are part of the dense key)
+    device: str = field(default="auto", metadata=NOT_HP)
+    # measure test accuracy at dense/pre/post/final (never used for selection)
+    eval_test: bool = field(default=True, metadata=DENSE_NOT_HP)
+    max_threads: int | None = field(default=None, metadata=NOT_HP)  # torch intra-op threads; None: default
+    # also train (or fetch from the dense store) the dense control: the dense checkpoint trained on for
+    # sparsify_epochs + finetune_epochs more with the dense recipe, so "dense" gets the same budget (rule 11)
+    dense_control: bool = field(default=True, metadata=NOT_HP)
 
     def validate(self) -> None:
         _range("seed", self.seed, 0, 2**31 - 1, kind=int)
@@ -235,31 +268,55 @@ class TrialConfig:
         for name in _SECTIONS:
             getattr(self, name).validate()
 
-    def dense_key(self) -> str:
-        """Identity of the dense checkpoint: (arch, width, dataset, split, seed, dense recipe).
+    def dense_key(self, device: str = "cpu") -> str:
+        """Identity of the dense checkpoint on a ``device`` type ("cpu" | "cuda"; it fixes the precision).
 
-        Everything that changes the dense weights is in the key, nothing that does not, so the ADMM and
-        the magnitude trial of one (arch, seed, recipe) share one dense model (DESIGN rule 1).
+        Every field that changes the dense payload (weights, BN buffers, dense accuracies) carries the DENSE
+        metadata and is in the key, nothing else is, so the ADMM and the magnitude trial of one (arch, seed,
+        recipe) share one dense model (DESIGN rule 1).
         """
-        d = self.data
-        ident = {
-            "arch": self.model.arch,
-            "width": self.model.width,
-            "num_classes": self.model.num_classes,
-            "dataset": d.dataset,
-            "data_dir": d.data_dir,
-            "val_fraction": d.val_fraction,
-            "split_seed": d.split_seed,
-            "batch_size": d.batch_size,
-            "augment": d.augment,
-            "synthetic": [d.synthetic_train, d.synthetic_test] if d.dataset == "synthetic" else None,
-            "limit_train": d.limit_train,
-            "seed": self.run.seed,
-            "label_smoothing": self.train.label_smoothing,
-            **dataclasses.asdict(self.dense),
-        }
+        ident = {name: value for name, value in self.to_dict().items() if name in dense_fields()}
+        ident["device"], ident["precision"] = device, precision(device)
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-        return f"{self.model.arch}-{d.dataset}-s{self.run.seed}-{digest}"
+        return f"{self.model.arch}-{self.data.dataset}-s{self.run.seed}-{digest}"
+
+    def control_key(self, device: str = "cpu") -> str:
+        """Identity of the dense control: the dense checkpoint trained ``control_epochs`` more (rule 11)."""
+        return f"control-{self.dense_key(device)}-e{self.control_epochs}"
+
+    @property
+    def control_epochs(self) -> int:
+        """Epochs the dense control trains beyond the dense phase: the pruned trials' sparsify + fine-tune."""
+        return self.train.sparsify_epochs + self.train.finetune_epochs
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The trials-table hyperparameter columns: every hyperparameter field, the other method's ones null."""
+        flat = self.to_dict()
+        other = {f for m, names in METHOD_FIELDS.items() if m != self.prune.method for f in names}
+        return {name: (None if name in other else flat[name]) for name in hyperparameter_fields()}
+
+
+def precision(device: str) -> str:
+    """The compute precision of a device type: bf16 autocast on CUDA, fp32 elsewhere (trainables.trial)."""
+    return "bf16" if device == "cuda" else "fp32"
+
+
+def all_fields() -> list[dataclasses.Field]:
+    return [f for section in _SECTIONS.values() for f in fields(section)]
+
+
+def dense_fields() -> tuple[str, ...]:
+    """Flat keys that change the dense payload (DENSE metadata)."""
+    return tuple(f.name for f in all_fields() if f.metadata.get("dense"))
+
+
+def hyperparameter_fields() -> tuple[str, ...]:
+    """Flat keys that identify a configuration: every field except the seed and the NOT_HP ones.
+
+    ``arch`` and ``method`` are among them (they also partition the results folders). Two trials with
+    equal values here are seeds of one configuration; analysis groups by exactly these.
+    """
+    return tuple(f.name for f in all_fields() if f.metadata.get("hyperparameter", True))
 
 
 def field_owners() -> dict[str, str]:

@@ -1,6 +1,8 @@
 """The results schema: table names, columns, types and version, shared by the writer and the reader.
 
-Imports pyarrow only (never torch or Ray), so ``analysis`` can read results with light dependencies.
+Imports pyarrow and the torch-free ``trainables.config`` only (never torch or Ray), so ``analysis`` can read
+results with light dependencies. The trials table's hyperparameter columns are generated from TrialConfig
+(``config.hyperparameter_fields``): a new config field reaches the results and the analysis grouping by itself.
 
 Layout inside an experiment folder (hive partitioning, so ``pandas.read_parquet(folder)`` and pyarrow
 datasets read a table whole)::
@@ -26,17 +28,29 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+from trainables.config import hyperparameter_fields, all_fields
+
+SCHEMA_VERSION = 2  # 2: hyperparameter columns generated from TrialConfig, dense control, mask_changes
 VERSION_KEY = b"prunesweep.schema_version"
 RESULTS_DIR = "results"
 PARTITION_COLUMNS = ("arch", "method")
 
-STATUSES = ("ok", "diverged", "failed")
-PHASES = ("dense", "sparsify", "finetune")
-STAGES = ("dense", "pre_prune", "post_prune", "final")
 SPLITS = ("val", "test")
 
-_ACCS = ("dense", "pre_prune", "post_prune", "post_prune_stale_bn", "final")
+# accuracy stages, in trial order; "control" is the dense control (DESIGN rule 11): the dense checkpoint trained
+# as many epochs more as the pruned models, with the dense recipe
+ACC_STAGES = ("dense", "pre_prune", "post_prune", "post_prune_stale_bn", "final", "control")
+_ARROW_TYPES = {"str": pa.string(), "str | None": pa.string(), "float": pa.float64(), "float | None": pa.float64(),
+                "int": pa.int64(), "int | None": pa.int64(), "bool": pa.bool_()}
+
+
+def _hyperparameter_columns() -> list[tuple[str, pa.DataType]]:
+    types = {f.name: f.type for f in all_fields()}
+    return [(name, _ARROW_TYPES[types[name]]) for name in HYPERPARAMETERS]
+
+
+# every TrialConfig hyperparameter except the partition columns, which live in the folder names
+HYPERPARAMETERS = tuple(n for n in hyperparameter_fields() if n not in ("arch", "method"))
 
 TRIALS = pa.schema(
     [
@@ -48,20 +62,17 @@ TRIALS = pa.schema(
         ("seed", pa.int64()),
         ("status", pa.string()),  # ok | diverged | failed
         ("error", pa.string()),  # why a trial failed or diverged, "" when ok
-        ("sparsity_set", pa.string()),
-        ("schedule", pa.string()),  # magnitude schedule, "" for admm
-        ("target_sparsity", pa.float64()),
-        ("lr", pa.float64()),
-        ("rho", pa.float64()),  # NaN for magnitude
-        ("rho_growth", pa.float64()),
-        ("admm_interval", pa.int64()),
-        ("optimizer", pa.string()),
-        ("dense_epochs", pa.int64()),
-        ("sparsify_epochs", pa.int64()),
-        ("finetune_epochs", pa.int64()),
-        ("dense_key", pa.string()),  # identity of the shared dense checkpoint (DESIGN rule 1)
     ]
-    + [(f"{acc}_{split}_acc", pa.float64()) for acc in _ACCS for split in SPLITS]
+    # the hyperparameters, one column per TrialConfig field (null where the other method's: rho for magnitude)
+    + _hyperparameter_columns()
+    + [
+        # the exact overall fraction of prunable weights the sparsity set zeroes (1 - kept / prunable), from
+        # the set itself; below the nominal `sparsity` where the set leaves layers dense (N:M: depthwise)
+        ("target_sparsity", pa.float64()),
+        ("dense_key", pa.string()),  # identity of the shared dense checkpoint (DESIGN rule 1)
+        ("control_key", pa.string()),  # identity of the dense control ("" when not trained)
+    ]
+    + [(f"{acc}_{split}_acc", pa.float64()) for acc in ACC_STAGES for split in SPLITS]
     + [
         ("achieved_sparsity", pa.float64()),  # measured from the weights, over prunable tensors
         ("total_params", pa.int64()),  # every parameter of the model
@@ -94,6 +105,7 @@ EPOCHS = pa.schema(
         ("primal_residual", pa.float64()),  # ADMM sum ||W - Z||_F^2 at the last Z/U update, NaN otherwise
         ("dual_residual", pa.float64()),  # ADMM rho^2 sum ||Z - Z_prev||_F^2, NaN otherwise
         ("rho", pa.float64()),
+        ("mask_changes", pa.int64()),  # magnitude per_step: weights that entered or left the kept set this epoch
         ("seconds", pa.float64()),
         ("images_per_s", pa.float64()),
     ]

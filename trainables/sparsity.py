@@ -46,17 +46,30 @@ def _topk_mask(flat_abs: Tensor, k: int) -> Tensor:
 class SparsitySet:
     """A sparsity set S over a list of tensors.
 
-    Contract: ``masks(tensors)`` returns one bool tensor per input (same shape, True = kept) defining the
-    Euclidean projection onto S with the module's tie rule; ``project`` returns new tensors ``t * mask``
-    (inputs are not modified); ``target_sparsities`` gives the fraction of zeros S imposes per tensor.
+    Contract (tests/test_contracts.py runs it on every set in SETS):
+
+    - ``masks(tensors)`` returns one bool tensor per input (same shape, True = kept) defining the Euclidean
+      projection onto S with the module's tie rule;
+    - ``project`` returns new tensors ``t * mask`` (inputs are not modified); projecting twice changes nothing;
+    - ``kept_count(tensors)`` is the exact number of entries the masks keep, in all: the one source of the
+      kept count (the trial checks the pruned model against it; never recompute it elsewhere);
+    - ``target_sparsities`` gives the fraction of zeros S imposes per tensor (for the layer report);
+    - ``sparsity`` is the overall fraction of zeros S imposes, 1 - kept / total.
     Stateless and picklable.
     """
 
     def masks(self, tensors: list[Tensor]) -> list[Tensor]:
         raise NotImplementedError
 
+    def kept_count(self, tensors: list[Tensor]) -> int:
+        raise NotImplementedError
+
     def target_sparsities(self, tensors: list[Tensor]) -> list[float]:
         raise NotImplementedError
+
+    def sparsity(self, tensors: list[Tensor]) -> float:
+        total = sum(t.numel() for t in tensors)
+        return 1.0 - self.kept_count(tensors) / total if total else 0.0
 
     def project(self, tensors: list[Tensor]) -> list[Tensor]:
         return [t * m for t, m in zip(tensors, self.masks(tensors))]
@@ -65,33 +78,39 @@ class SparsitySet:
 class UniformSet(SparsitySet):
     """Each tensor keeps exactly n - floor(s*n) of its n weights, its largest by magnitude."""
 
-    def __init__(self, sparsity: float):
-        self.sparsity = sparsity
+    def __init__(self, level: float):
+        self.level = level  # the nominal sparsity, a fraction in [0, 1)
 
     def masks(self, tensors):
-        return [_topk_mask(t.detach().abs().flatten(), _keep_count(t.numel(), self.sparsity)).view_as(t)
+        return [_topk_mask(t.detach().abs().flatten(), _keep_count(t.numel(), self.level)).view_as(t)
                 for t in tensors]
 
+    def kept_count(self, tensors):
+        return sum(_keep_count(t.numel(), self.level) for t in tensors)
+
     def target_sparsities(self, tensors):
-        return [math.floor(self.sparsity * t.numel()) / t.numel() for t in tensors]
+        return [1.0 - _keep_count(t.numel(), self.level) / t.numel() for t in tensors]
 
 
 class GlobalSet(SparsitySet):
     """One threshold over all tensors: keep N - floor(s*N) largest of the concatenation."""
 
-    def __init__(self, sparsity: float):
-        self.sparsity = sparsity
+    def __init__(self, level: float):
+        self.level = level  # the nominal sparsity, a fraction in [0, 1)
 
     def masks(self, tensors):
         if not tensors:
             return []
         flat = torch.cat([t.detach().abs().flatten() for t in tensors])
-        mask = _topk_mask(flat, _keep_count(flat.numel(), self.sparsity))
+        mask = _topk_mask(flat, _keep_count(flat.numel(), self.level))
         return [m.view_as(t) for m, t in zip(mask.split([t.numel() for t in tensors]), tensors)]
+
+    def kept_count(self, tensors):
+        return _keep_count(sum(t.numel() for t in tensors), self.level)
 
     def target_sparsities(self, tensors):
         # the per-tensor split is decided by the weights; the set fixes only the overall fraction
-        return [self.sparsity for _ in tensors]
+        return [self.sparsity(tensors) for _ in tensors]
 
 
 class NMSet(SparsitySet):
@@ -104,6 +123,7 @@ class NMSet(SparsitySet):
 
     def __init__(self, n: int = 2, m: int = 4):
         self.n, self.m = n, m
+        self.level = 1.0 - n / m  # on the layers it applies to; overall less (see sparsity())
 
     def _supported(self, t: Tensor) -> bool:
         return t.dim() >= 2 and t.shape[1] % self.m == 0
@@ -119,19 +139,27 @@ class NMSet(SparsitySet):
         keep.scatter_(1, order[:, : self.n], True)
         return keep.reshape(moved.shape).movedim(-1, 1)
 
+    def kept_count(self, tensors):
+        return sum(t.numel() // self.m * self.n if self._supported(t) else t.numel() for t in tensors)
+
     def target_sparsities(self, tensors):
         return [1.0 - self.n / self.m if self._supported(t) else 0.0 for t in tensors]
 
 
+# The registry: config.SPARSITY_SETS names exactly these (tests/test_contracts.py checks it), and the contract
+# tests run on every entry. Each maker takes (sparsity, n, m) so one call builds any set.
+SETS = {
+    "uniform": lambda sparsity, n, m: UniformSet(sparsity),
+    "global": lambda sparsity, n, m: GlobalSet(sparsity),
+    "nm": lambda sparsity, n, m: NMSet(n, m),
+}
+
+
 def make_sparsity_set(kind: str, sparsity: float, *, n: int = 2, m: int = 4) -> SparsitySet:
-    """The sparsity set ``kind`` (uniform | global | nm); ``sparsity`` in [0, 1) is ignored for nm."""
-    if kind == "uniform":
-        return UniformSet(sparsity)
-    if kind == "global":
-        return GlobalSet(sparsity)
-    if kind == "nm":
-        return NMSet(n, m)
-    raise ValueError(f"sparsity_set: {kind!r} is not one of uniform, global, nm")
+    """The sparsity set ``kind`` (a key of SETS); ``sparsity`` in [0, 1) is ignored for nm."""
+    if kind not in SETS:
+        raise ValueError(f"sparsity_set: {kind!r} is not one of {', '.join(SETS)}")
+    return SETS[kind](sparsity, n, m)
 
 
 @torch.no_grad()

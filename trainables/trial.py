@@ -6,7 +6,9 @@ Contract in docs/ARCHITECTURE.md. Methods differ only by the PruningMethod passe
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
+import hashlib
 import io
 import logging
 import math
@@ -27,9 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables import schema
-from trainables.config import ConfigError, TrialConfig
+from trainables.config import ConfigError, TrialConfig, precision
 from trainables.data import Loader, Splits, load_splits
-from trainables.methods import ADMM, Dense, Magnitude, MaskedFinetune, PruningMethod
+from trainables.methods import Dense, MaskedFinetune, PruningMethod, check_admm_schedule, make_method
 from trainables.models import build_model
 from trainables.sparsity import (layer_report, make_sparsity_set, prunable_parameters, summarize,
                                  weight_histogram)
@@ -39,7 +41,10 @@ _CKPT = "checkpoint.pt"
 
 
 class DenseStore(Protocol):
-    def get_or_build(self, key: str, build: Callable[[], bytes]) -> bytes: ...
+    def get_or_build(self, key: str, build: Callable[[], bytes], wait: bool = True) -> bytes | None:
+        """The payload of ``key``, built by calling ``build`` at most once per key across all callers.
+
+        While another caller builds it: wait and return its payload, or with ``wait=False`` return None."""
 
 
 class FileDenseStore:
@@ -49,10 +54,14 @@ class FileDenseStore:
         self.folder = folder
         os.makedirs(folder, exist_ok=True)
 
-    def get_or_build(self, key: str, build: Callable[[], bytes]) -> bytes:
+    def get_or_build(self, key: str, build: Callable[[], bytes], wait: bool = True) -> bytes | None:
         path = os.path.join(self.folder, f"{key}.pt")
         with open(path + ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # others wait here while one builds, then read
+            try:
+                # others wait here while one builds, then read (or, not waiting, go on without it)
+                fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
             try:
                 if os.path.exists(path):
                     with open(path, "rb") as f:
@@ -98,8 +107,8 @@ def _device(cfg: TrialConfig) -> torch.device:
 
 
 def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if precision(device.type) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -161,6 +170,28 @@ def recalibrate_bn(model: nn.Module, loader: Loader, batches: int, epoch: int = 
     model.train(was)
 
 
+def _bn_buffers(model: nn.Module) -> list[torch.Tensor]:
+    return [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+
+
+@torch.no_grad()
+def evaluate_recalibrated(model: nn.Module, loader: Loader, recal_loader: Loader, batches: int,
+                          device: torch.device) -> tuple[float, float]:
+    """(accuracy, loss) as after BN recalibration (DESIGN rule 10), leaving the model exactly as it was.
+
+    The BN buffers are saved, recalibrated on ``batches`` training batches, used for the evaluation and put
+    back, so measuring never changes what training does next (a run is the same with or without it).
+    """
+    saved = [b.clone() for b in _bn_buffers(model)]
+    try:
+        recalibrate_bn(model, recal_loader, batches)
+        return evaluate(model, loader, device)
+    finally:
+        for buf, old in zip(_bn_buffers(model), saved):
+            buf.copy_(old)
+
+
 def train_epoch(model, params, loader: Loader, optimizer, method: PruningMethod, *, epoch: int, step0: int,
                 label_smoothing: float, device: torch.device) -> tuple[float, float, int]:
     """One epoch of the ONE loop; returns (mean loss, mean objective, steps). Syncs once, at the end."""
@@ -188,6 +219,38 @@ def _density(params) -> float:
     with torch.no_grad():
         nnz = sum(int(torch.count_nonzero(p)) for p in params)
         return nnz / max(sum(p.numel() for p in params), 1)
+
+
+def seed_everything(seed: int, phase: str) -> None:
+    """Seed torch, numpy and random from (trial seed, phase), so each phase starts from the same RNG state
+    whether the phases before it ran here or came from a cache (DESIGN rule 1: a trial's result never
+    depends on which trial built the shared dense model)."""
+    derived = int.from_bytes(hashlib.sha256(f"{seed}/{phase}".encode()).digest()[:4], "little")
+    torch.manual_seed(derived)
+    random.seed(derived)
+    np.random.seed(derived)
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    """``obj`` with every tensor inside (dicts, lists, tuples) moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
+def load_checkpoint(path: str, device: torch.device | str) -> dict:
+    """A checkpoint read on the CPU, every tensor but the RNG states then moved to ``device``.
+
+    torch.load(map_location=device) would move the saved RNG ByteTensors too, and torch.set_rng_state
+    refuses anything but a CPU ByteTensor: every resume on a GPU would die (a checkpoint written on a GPU
+    is read the same way on a CPU-only machine).
+    """
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return {k: (v if k == "rng" else _to_device(v, torch.device(device))) for k, v in state.items()}
 
 
 def _rng_state() -> dict:
@@ -231,19 +294,49 @@ def _ray_node_id() -> str:
 
 # ----------------------------------------------------------------------------------------- the trial
 
+@dataclass(frozen=True)
+class Phase:
+    """One training phase's recipe. ``epoch0`` is the data epoch of its first epoch: data order and
+    augmentation depend on (seed, data epoch) only, so the dense control sees the same batches as the
+    sparsify and fine-tune phases of every pruned trial of its seed."""
+
+    name: str  # dense | control | sparsify | finetune
+    epochs: int
+    optimizer: str
+    lr: float  # base learning rate of the phase (the schedule runs from it)
+    weight_decay: float
+    lr_schedule: str
+    epoch0: int
+
+
+class _Loaders:
+    """The four loaders of a trial (the data moves to the device once, here)."""
+
+    def __init__(self, cfg: TrialConfig, d: Splits, device: torch.device):
+        cl = device.type == "cuda"
+        bs = cfg.data.batch_size
+        common = dict(mean=d.mean, std=d.std, device=device, channels_last=cl)
+        self.train = Loader(d.train_x, d.train_y, batch_size=bs, shuffle=True, augment=cfg.data.augment,
+                            seed=cfg.run.seed, **common)
+        # BN recalibration: training images, no augmentation, its own order (DESIGN rule 9)
+        self.recal = Loader(d.train_x, d.train_y, batch_size=bs, shuffle=True, augment=False,
+                            seed=cfg.run.seed + 1, **common)
+        self.val = Loader(d.val_x, d.val_y, batch_size=max(bs, 256), shuffle=False, augment=False, **common)
+        self.test = Loader(d.test_x, d.test_y, batch_size=max(bs, 256), shuffle=False, augment=False, **common)
+
+
 class _Trial:
     """State of one trial; run() walks the phases, skipping what a resumed checkpoint already did."""
 
     def __init__(self, cfg: TrialConfig, data: Splits, report, dense_store, trial_id: str, *,
-                 data_given: bool = False, on_result: Callable[[TrialResult], None] | None = None):
+                 data_given: bool = False, on_result: Callable[[TrialResult], None] | None = None,
+                 loaders: _Loaders | None = None):
         self.cfg, self.data, self.report, self.dense_store, self.trial_id = cfg, data, report, dense_store, trial_id
         self.data_given, self.on_result = data_given, on_result
         self.device = _device(cfg)
         if cfg.run.max_threads:
             torch.set_num_threads(cfg.run.max_threads)
-        torch.manual_seed(cfg.run.seed)
-        random.seed(cfg.run.seed)
-        np.random.seed(cfg.run.seed)
+        seed_everything(cfg.run.seed, "init")
         self.model = build_model(cfg.model.arch, num_classes=cfg.model.num_classes, width=cfg.model.width)
         self.model.to(self.device)
         if self.device.type == "cuda":
@@ -251,20 +344,10 @@ class _Trial:
         named = prunable_parameters(self.model, prune_first_conv=cfg.prune.prune_first_conv)
         self.pnames = [n for n, _ in named]
         self.params = [p for _, p in named]
-        cl = self.device.type == "cuda"
-        d, bs = data, cfg.data.batch_size
-        self.train_loader = Loader(d.train_x, d.train_y, batch_size=bs, shuffle=True, augment=cfg.data.augment,
-                                   mean=d.mean, std=d.std, device=self.device, seed=cfg.run.seed,
-                                   channels_last=cl)
-        self.recal_loader = Loader(d.train_x, d.train_y, batch_size=bs, shuffle=True, augment=False, mean=d.mean,
-                                   std=d.std, device=self.device, seed=cfg.run.seed + 1, channels_last=cl)
-        self.val_loader = Loader(d.val_x, d.val_y, batch_size=max(bs, 256), shuffle=False, augment=False,
-                                 mean=d.mean, std=d.std, device=self.device, channels_last=cl)
-        self.test_loader = Loader(d.test_x, d.test_y, batch_size=max(bs, 256), shuffle=False, augment=False,
-                                  mean=d.mean, std=d.std, device=self.device, channels_last=cl)
-        self.sset = make_sparsity_set(cfg.prune.sparsity_set, cfg.prune.sparsity, n=cfg.prune.nm_n,
-                                      m=cfg.prune.nm_m)
-        self.method = self._make_method()
+        self.loaders = loaders or _Loaders(cfg, data, self.device)
+        p = cfg.prune
+        self.sset = make_sparsity_set(p.sparsity_set, p.sparsity, n=p.nm_n, m=p.nm_m)
+        self.method = make_method(p, self.sset, lambda s: make_sparsity_set(p.sparsity_set, s, n=p.nm_n, m=p.nm_m))
         self.finetune = MaskedFinetune()
         self.epochs: list[dict] = []
         self.accs: dict[str, float] = {}
@@ -274,66 +357,80 @@ class _Trial:
         self.optimizer = None
         self.t0 = time.monotonic()
 
-    def _make_method(self) -> PruningMethod:
-        p = self.cfg.prune
-        if p.method == "admm":
-            return ADMM(self.sset, p.rho, p.rho_growth, p.rho_max, p.admm_interval, p.admm_interval_unit)
-        return Magnitude(self.sset, p.schedule, gradual_interval=p.gradual_interval,
-                         make_set=lambda s: make_sparsity_set(p.sparsity_set, s, n=p.nm_n, m=p.nm_m))
+    @property
+    def device_key(self) -> str:
+        return self.cfg.dense_key(self.device.type)
+
+    @property
+    def control_key(self) -> str:
+        return self.cfg.control_key(self.device.type)
 
     # ---- measurements
     def _measure(self, stage: str, *, recal: bool = True) -> None:
         if recal:
-            recalibrate_bn(self.model, self.recal_loader, self.cfg.train.bn_recal_batches)
-        self.accs[f"{stage}_val_acc"] = evaluate(self.model, self.val_loader, self.device)[0]
+            recalibrate_bn(self.model, self.loaders.recal, self.cfg.train.bn_recal_batches)
+        self.accs[f"{stage}_val_acc"] = evaluate(self.model, self.loaders.val, self.device)[0]
         if self.cfg.run.eval_test:
-            self.accs[f"{stage}_test_acc"] = evaluate(self.model, self.test_loader, self.device)[0]
+            self.accs[f"{stage}_test_acc"] = evaluate(self.model, self.loaders.test, self.device)[0]
 
     def _histogram(self, stage: str) -> None:
         self.weights += [dict(r, stage=stage, seed=self.cfg.run.seed) for r in weight_histogram(self.params)]
 
     # ---- phases
-    def _phase_settings(self, phase: str):
-        c = self.cfg
-        if phase == "dense":
-            return (c.dense.dense_epochs, c.dense.dense_optimizer, c.dense.dense_lr, c.dense.dense_weight_decay,
-                    c.dense.dense_lr_schedule, Dense())
-        if phase == "sparsify":
-            return (c.train.sparsify_epochs, c.train.optimizer, c.train.lr, c.train.weight_decay,
-                    c.train.lr_schedule, self.method)
-        return (c.train.finetune_epochs, c.train.optimizer, c.train.lr * c.train.finetune_lr_scale,
-                c.train.weight_decay, c.train.lr_schedule, self.finetune)
+    def _phase(self, name: str) -> Phase:
+        c, d, t = self.cfg, self.cfg.dense, self.cfg.train
+        if name in ("dense", "control"):
+            # the control continues the dense checkpoint with the dense recipe, restarted like every phase
+            epochs, epoch0 = (d.dense_epochs, 0) if name == "dense" else (c.control_epochs, d.dense_epochs)
+            return Phase(name, epochs, d.dense_optimizer, d.dense_lr, d.dense_weight_decay, d.dense_lr_schedule,
+                         epoch0)
+        if name == "sparsify":
+            return Phase(name, t.sparsify_epochs, t.optimizer, t.lr, t.weight_decay, t.lr_schedule, d.dense_epochs)
+        return Phase(name, t.finetune_epochs, t.optimizer, t.lr * t.finetune_lr_scale, t.weight_decay,
+                     t.lr_schedule, d.dense_epochs + t.sparsify_epochs)
 
-    def _start_phase(self, phase: str) -> None:
-        epochs, opt, lr, wd, _, method = self._phase_settings(phase)
-        self.phase, self.phase_epoch = phase, 0
+    def _method_of(self, name: str) -> PruningMethod:
+        return {"sparsify": self.method, "finetune": self.finetune}.get(name) or Dense()
+
+    def _new_optimizer(self, phase: Phase):
+        return make_optimizer(self.model.parameters(), phase.optimizer, phase.lr, phase.weight_decay,
+                              self.cfg.train.momentum)
+
+    def _start_phase(self, name: str) -> None:
+        phase = self._phase(name)
+        seed_everything(self.cfg.run.seed, name)
+        self.phase, self.phase_epoch = name, 0
         # a fresh optimizer per phase: each phase has its own recipe, and Adam moments of the dense or
         # unconstrained sparsify landscape would mislead the next phase (and revive pruned weights)
-        self.optimizer = make_optimizer(self.model.parameters(), opt, lr, wd, self.cfg.train.momentum)
-        method.on_phase_start(self.params, epochs * len(self.train_loader))
+        self.optimizer = self._new_optimizer(phase)
+        steps = len(self.loaders.train)
+        self._method_of(name).on_phase_start(self.params, phase.epochs * steps, steps)
 
     def _run_phase(self, reported: bool) -> bool:
         """Run the remaining epochs of the current phase; False when the trial diverged."""
-        epochs, _, lr, _, sched, method = self._phase_settings(self.phase)
-        while self.phase_epoch < epochs:
+        phase, method = self._phase(self.phase), self._method_of(self.phase)
+        while self.phase_epoch < phase.epochs:
             e = self.phase_epoch
-            cur_lr = _lr_at(lr, sched, e, epochs)
+            cur_lr = _lr_at(phase.lr, phase.lr_schedule, e, phase.epochs)
             for g in self.optimizer.param_groups:
                 g["lr"] = cur_lr
             t = time.monotonic()
-            loss, obj, steps = train_epoch(self.model, self.params, self.train_loader, self.optimizer, method,
-                                           epoch=len(self.epochs), step0=e * len(self.train_loader),
+            loss, obj, steps = train_epoch(self.model, self.params, self.loaders.train, self.optimizer, method,
+                                           epoch=phase.epoch0 + e, step0=e * len(self.loaders.train),
                                            label_smoothing=self.cfg.train.label_smoothing, device=self.device)
             extra = method.on_epoch_end(self.params, e + 1)
             secs = time.monotonic() - t
+            # every shown accuracy as after BN recalibration (DESIGN rule 10), training left untouched;
             # ADMM's sparsify epochs are evaluated on W as is (not projected): W is only near S until the end
-            val_acc, val_loss = evaluate(self.model, self.val_loader, self.device)
+            val_acc, val_loss = evaluate_recalibrated(self.model, self.loaders.val, self.loaders.recal,
+                                                      self.cfg.train.bn_recal_batches, self.device)
             self.phase_epoch += 1
             row = {"seed": self.cfg.run.seed, "phase": self.phase, "epoch": len(self.epochs) + 1,
                    "phase_epoch": self.phase_epoch, "train_loss": loss, "objective": obj, "val_acc": val_acc,
                    "val_loss": val_loss, "lr": cur_lr, "density": _density(self.params),
                    "primal_residual": extra.get("primal_residual", math.nan),
                    "dual_residual": extra.get("dual_residual", math.nan), "rho": extra.get("rho", math.nan),
+                   "mask_changes": extra.get("mask_changes"),
                    "seconds": secs, "images_per_s": steps * self.cfg.data.batch_size / max(secs, 1e-9)}
             self.epochs.append(row)
             log.info("%s epoch %d loss %.4f val_acc %.4f density %.3f rho %s imgs/s %.0f", self.phase,
@@ -380,7 +477,7 @@ class _Trial:
         path = os.path.join(folder, _CKPT)
         if not os.path.isfile(path):
             raise ConfigError("resume_from", f"{folder} holds no {_CKPT}")
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = load_checkpoint(path, self.device)
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as exc:
@@ -393,17 +490,16 @@ class _Trial:
         self.phase, self.phase_epoch = state["phase"], state["phase_epoch"]
         self.epochs, self.accs, self.weights = state["epochs"], state["accs"], state["weights"]
         self.elapsed = state["elapsed"]
-        epochs, opt, lr, wd, _, _ = self._phase_settings(self.phase)
-        self.optimizer = make_optimizer(self.model.parameters(), opt, lr, wd, self.cfg.train.momentum)
+        self.optimizer = self._new_optimizer(self._phase(self.phase))
         if state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"])
 
-    # ---- dense model
+    # ---- dense model and dense control (shared through the dense store)
     def _dense_payload(self) -> bytes:
         self._start_phase("dense")
         self._run_phase(reported=False)
-        recalibrate_bn(self.model, self.recal_loader, self.cfg.train.bn_recal_batches)
+        recalibrate_bn(self.model, self.loaders.recal, self.cfg.train.bn_recal_batches)
         self._measure("dense", recal=False)
         self._histogram("dense")
         buf = io.BytesIO()
@@ -415,16 +511,42 @@ class _Trial:
         if self.dense_store is None:
             payload = self._dense_payload()
         else:
-            payload = self.dense_store.get_or_build(self.cfg.dense_key(), self._dense_payload)
+            payload = self.dense_store.get_or_build(self.device_key, self._dense_payload)
         state = torch.load(io.BytesIO(payload), map_location=self.device, weights_only=False)
         self.model.load_state_dict(state["model"])
         self.epochs, self.accs, self.weights = list(state["epochs"]), dict(state["accs"]), list(state["weights"])
         self.status, self.error = state["status"], state["error"]
 
+    def _control_payload(self) -> bytes:
+        """Train a copy of the dense model control_epochs more with the dense recipe (DESIGN rule 11)."""
+        sub = _Trial(self.cfg, self.data, None, None, self.trial_id, loaders=self.loaders)
+        sub.model.load_state_dict(self.model.state_dict())
+        sub._start_phase("control")
+        sub._run_phase(reported=False)
+        if sub.status == "ok":
+            sub._measure("control")
+        accs = {k: v for k, v in sub.accs.items() if k.startswith("control_")}
+        buf = io.BytesIO()
+        torch.save({"accs": accs, "status": sub.status, "epochs": sub.epochs}, buf)
+        return buf.getvalue()
+
+    def _control(self) -> None:
+        """The dense control's accuracies into self.accs: built here, or read from the store. Never waits:
+        when another trial is building it, this trial's row leaves them empty and analysis takes them from
+        any row with the same control_key."""
+        if self.dense_store is None:
+            payload = self._control_payload()
+        else:
+            payload = self.dense_store.get_or_build(self.control_key, self._control_payload, wait=False)
+        if payload is not None:
+            self.accs.update(torch.load(io.BytesIO(payload), weights_only=False)["accs"])
+
     # ---- driver
     def run(self, resumed: bool) -> TrialResult:
         if not resumed:
             self._dense()
+            if self.status == "ok" and self.cfg.run.dense_control:
+                self._control()
             if self.status == "ok":
                 self._start_phase("sparsify")
         if self.status == "ok" and self.phase == "sparsify":
@@ -452,35 +574,30 @@ class _Trial:
 
     def _finish(self) -> TrialResult:
         cfg = self.cfg
-        targets = dict(zip(self.pnames, self.sset.target_sparsities([p.detach() for p in self.params])))
+        weights = [p.detach() for p in self.params]
+        targets = dict(zip(self.pnames, self.sset.target_sparsities(weights)))
         layers = [dict(r, seed=cfg.run.seed) for r in layer_report(self.model, self.pnames, target_sparsity=targets)]
         sizes = summarize(layers, self.model)
-        if self.status == "ok":
-            want = sum(t * p.numel() for t, p in zip(targets.values(), self.params))
-            want_nnz = sum(p.numel() for p in self.params) - round(want)
+        kept = self.sset.kept_count(weights)  # the set's own count: never recomputed from a fraction
+        if self.status == "ok" and sizes["prunable_nonzero"] > kept:
             # nonzero <= kept: a kept weight may itself be exactly zero, never the other way round
-            if sizes["prunable_nonzero"] > want_nnz:
-                raise RuntimeError(f"achieved sparsity {sizes['achieved_sparsity']} below the target "
-                                   f"{cfg.prune.target_sparsity}: {sizes['prunable_nonzero']} > {want_nnz} nonzeros")
-        p = cfg.prune
+            raise RuntimeError(f"{sizes['prunable_nonzero']} nonzero prunable weights, but the "
+                               f"{cfg.prune.sparsity_set} set keeps {kept}: the pruned model is not in S")
         summary = {
-            "arch": cfg.model.arch, "method": p.method, "seed": cfg.run.seed, "status": self.status,
+            "arch": cfg.model.arch, "method": cfg.prune.method, "seed": cfg.run.seed, "status": self.status,
             "error": self.error, "study": "", "optuna_trial": -1, "space": "",
-            "sparsity_set": p.sparsity_set, "schedule": p.schedule if p.method == "magnitude" else "",
-            "target_sparsity": p.target_sparsity, "lr": cfg.train.lr,
-            "rho": p.rho if p.method == "admm" else math.nan, "rho_growth": p.rho_growth,
-            "admm_interval": p.admm_interval, "optimizer": cfg.train.optimizer,
-            "dense_epochs": cfg.dense.dense_epochs, "sparsify_epochs": cfg.train.sparsify_epochs,
-            "finetune_epochs": cfg.train.finetune_epochs, "dense_key": cfg.dense_key(),
+            **cfg.hyperparameters(),
+            "target_sparsity": self.sset.sparsity(weights), "dense_key": self.device_key,
+            "control_key": self.control_key if cfg.run.dense_control else "",
             **{k: self.accs.get(k, math.nan) for k in schema.TRIALS.names if k.endswith("_acc")},
             **sizes, "epochs_run": len(self.epochs),
             "wall_time_s": self.elapsed + time.monotonic() - self.t0, "device": str(self.device),
             "config_json": schema.dumps(cfg.to_dict()),
             "provenance_json": schema.dumps(provenance(self.device, self.data_given)),
         }
-        weights = [dict(r, seed=cfg.run.seed) for r in self.weights]
+        weights_rows = [dict(r, seed=cfg.run.seed) for r in self.weights]
         epochs = [dict(r) for r in self.epochs]
-        result = TrialResult(summary, epochs, layers, weights)
+        result = TrialResult(summary, epochs, layers, weights_rows)
         if self.on_result is not None:
             self.on_result(result)  # e.g. the sweep writes its Parquet tables before Tune may stop the trial
         if self.report is not None:
@@ -490,6 +607,12 @@ class _Trial:
             metrics["trial_id"] = self.trial_id
             self.report(metrics, None)
         return result
+
+
+def check_trial(cfg: TrialConfig, data: Splits) -> None:
+    """Checks that need the data's size, before any training: raises ConfigError naming the field."""
+    steps = -(-len(data.train_x) // cfg.data.batch_size)
+    check_admm_schedule(cfg.prune, cfg.train.sparsify_epochs, steps)
 
 
 def run_trial(config: TrialConfig | Mapping[str, Any], *, data: Splits | None = None,
@@ -502,6 +625,7 @@ def run_trial(config: TrialConfig | Mapping[str, Any], *, data: Splits | None = 
     data_given = data is not None
     if data is None:
         data = load_splits(cfg.data)
+    check_trial(cfg, data)
     trial = _Trial(cfg, data, report, dense_store, trial_id, data_given=data_given, on_result=on_result)
     if resume_from is not None:
         trial.load(resume_from)
