@@ -96,6 +96,59 @@ def bench_steps(arch: str, width: float, batch_size: int, steps: int) -> dict:
     return res
 
 
+CIFAR10_TRAIN, CIFAR10_VAL = 45_000, 5_000  # CIFAR-10's 50,000 training images less the 10% validation split
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    t = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t) / repeats
+
+
+def bench_eval_share(arch: str, width: float, batch_size: int = 128, recal_batches: int = 50,
+                     repeats: int = 3, device: str = "cpu") -> dict:
+    """Per-epoch evaluation cost (BN recalibration + validation pass, DESIGN rule 10) as a share of a
+    CIFAR-10-sized epoch, from measured per-batch times: a training step, a train-mode forward without
+    gradient (a recalibration batch) and an eval-mode forward of a validation batch."""
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    model = build_model(arch, width=width).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.randn(batch_size, 3, 32, 32, device=dev), torch.randint(0, 10, (batch_size,), device=dev)
+    xv = torch.randn(max(batch_size, 256), 3, 32, 32, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        sync()
+
+    def recal_batch():
+        with torch.no_grad():
+            model.train()
+            model(x)
+        sync()
+
+    def val_batch():
+        with torch.no_grad():
+            model.eval()
+            model(xv)
+            model.train()
+        sync()
+
+    t_step, t_recal, t_val = _time(step, repeats), _time(recal_batch, repeats), _time(val_batch, repeats)
+    steps = -(-CIFAR10_TRAIN // batch_size)
+    recal = min(recal_batches, steps)
+    val_batches = -(-CIFAR10_VAL // xv.shape[0])
+    epoch = steps * t_step
+    evaluation = recal * t_recal + val_batches * t_val
+    return {"step_s": t_step, "recal_batch_s": t_recal, "val_batch_s": t_val, "epoch_s": epoch,
+            "eval_s": evaluation, "share": evaluation / epoch, "recal_batches": recal, "val_batches": val_batches}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m trainables.bench")
     ap.add_argument("--arch", default="mobilenet_v2")
@@ -103,6 +156,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--images", type=int, default=4096)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (the per-epoch evaluation share)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     ours, theirs = bench_augmentation(a.images, 256)
@@ -116,6 +170,11 @@ def main(argv=None) -> int:
               f"wall {t * 1e3:.1f} ms vs {plain_t * 1e3:.1f} ms, ratio {t / plain_t:.3f}")
     print(f"pruning state memory: ADMM Z+U {r['memory_ratio']:.2f} x prunable bytes, masks {r['mask_ratio']:.2f} x "
           f"(target <= 2.5)")
+    e = bench_eval_share(a.arch, a.width, device=a.device)
+    print(f"per-epoch evaluation (BN recalibration on {e['recal_batches']} batches + {e['val_batches']} validation "
+          f"batches) on a CIFAR-10-sized epoch: {e['eval_s']:.1f} s of {e['epoch_s']:.1f} s, share "
+          f"{100 * e['share']:.1f}% (target <= 10%); per batch: step {e['step_s'] * 1e3:.0f} ms, recalibration "
+          f"forward {e['recal_batch_s'] * 1e3:.0f} ms, validation forward {e['val_batch_s'] * 1e3:.0f} ms")
     return 0
 
 
