@@ -23,7 +23,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from trainables.config import ARCHS, DATASETS, ConfigError, TrialConfig, field_owners
+from trainables.config import ARCHS, DATASETS, ConfigError, TrialConfig, field_help, field_owners
 
 from . import spaces as sp
 
@@ -61,13 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a folder in CIFAR-10's python layout (no download); implies --dataset cifar10")
     run.add_argument("--trials", type=int, default=8, help="Optuna configurations per (arch, method) study")
     run.add_argument("--seeds", type=int, default=1, help="seeds per configuration (mean told to Optuna)")
-    run.add_argument("--width", type=float, default=0.5, help="MobileNet width multiplier")
-    run.add_argument("--dense-epochs", type=int, default=4,
-                     help="trained once per (arch, seed) and shared by every trial that starts from it")
-    run.add_argument("--sparsify-epochs", type=int, default=2)
-    run.add_argument("--finetune-epochs", type=int, default=2)
-    run.add_argument("--sampler", default="tpe", help="tpe | gp | nsga2")
-    run.add_argument("--scheduler", default="none", help="none | asha (single-objective spaces only)")
+    helps = field_help()  # the trial options' help is their field's comment in trainables/config.py
+    run.add_argument("--width", type=float, default=0.5, help=f"{helps['width']} [default: 0.5]")
+    run.add_argument("--dense-epochs", type=int, default=4, help=f"{helps['dense_epochs']}: trained once per "
+                     "(arch, seed, recipe) and shared by every trial that starts from it [default: 4]")
+    run.add_argument("--sparsify-epochs", type=int, default=2, help=f"{helps['sparsify_epochs']} [default: 2]")
+    run.add_argument("--finetune-epochs", type=int, default=2, help=f"{helps['finetune_epochs']} [default: 2]")
+    from .searcher import SAMPLERS
+
+    run.add_argument("--sampler", default="tpe", help=f"Optuna sampler, one of: {', '.join(SAMPLERS)} [default: tpe]")
+    run.add_argument("--scheduler", default="none", help=f"trial scheduler, one of: {', '.join(SCHEDULERS)} "
+                     "(asha: single-objective spaces with fixed epoch counts only) [default: none]")
     run.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from checkpoint")
     run.add_argument("--max-concurrent", type=int, default=0, help="0: as many as resources allow")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -75,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_options(run)
     run.add_argument("--name", default=None, help="experiment name (default: <space>-<timestamp>)")
     res = sub.add_parser("resume", help="continue an interrupted sweep")
-    res.add_argument("name")
+    res.add_argument("name", help="the experiment's --name (a folder in --storage)")
     add_cluster_options(res)
     sub.add_parser("spaces", help="list the built-in spaces and their ranges")
     return p
@@ -85,7 +89,7 @@ def add_cluster_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local", action="store_true", help="start Ray on this machine (else join the cluster)")
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="fractions allowed (0.25: four trials share a GPU); default 0.25 where there are GPUs, else 0")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs Ray reserves per trial [default: 1]")
     p.add_argument("--storage", default="./experiments", help="a path (made absolute) or s3:// gs:// URI")
 
 

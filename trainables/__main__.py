@@ -7,7 +7,6 @@ Flags are generated from the TrialConfig fields (one --<key-with-dashes> per fie
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
@@ -28,25 +27,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainables")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="run one trial: dense -> sparsify -> project -> fine-tune")
-    for section in C._SECTIONS.values():
-        for f in dataclasses.fields(section):
-            flag = "--" + f.name.replace("_", "-")
-            t = f.type
-            if t == "bool":
-                train.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
-            else:
-                kind = {"int": int, "float": float, "str": str, "int | None": _parse_optional(int),
-                        "str | None": _parse_optional(str), "float | None": _parse_optional(float)}[t]
-                train.add_argument(flag, dest=f.name, type=kind, default=None,
-                                   help=f"default: {f.default!r}")
+    helps = C.field_help()
+    for f in C.all_fields():
+        flag = "--" + f.name.replace("_", "-")
+        text = option_help(f, helps)
+        if f.type == "bool":
+            train.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            kind = {"int": int, "float": float, "str": str, "int | None": _parse_optional(int),
+                    "str | None": _parse_optional(str), "float | None": _parse_optional(float)}[f.type]
+            train.add_argument(flag, dest=f.name, type=kind, default=None, help=text)
     train.add_argument("--json", action="store_true", help="print the trial summary as JSON on stdout")
     train.add_argument("--out", help="write the four Parquet tables under this folder")
     train.add_argument("--checkpoint-dir", help="keep the last checkpoint in this folder (one per epoch "
                                                 "except the last, which ends the trial)")
     train.add_argument("--resume", help="resume from a checkpoint folder")
-    train.add_argument("--trial-id", default="local")
-    train.add_argument("-v", "--verbose", action="store_true")
+    train.add_argument("--dense-cache", help="a folder of shared dense models (and dense controls): a trial "
+                                             "with the same dense recipe reuses the one trained before")
+    train.add_argument("--trial-id", default="local", help="the trial's id in the results tables")
+    train.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
     return parser
+
+
+def option_help(f, helps: dict[str, str]) -> str:
+    """A field's help: its comment in trainables/config.py, the allowed values, its default."""
+    text = helps.get(f.name) or f.name.replace("_", " ")
+    choices = C.CHOICES.get(f.name)
+    if choices:
+        text += f" (one of: {', '.join(choices)})"
+    return f"{text} [default: {f.default!r}]".replace("%", "%%")
 
 
 def _flat(args: argparse.Namespace) -> dict:
@@ -85,8 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume and not os.path.isdir(args.resume):
             raise C.ConfigError("resume_from", f"{args.resume} is not a folder")
         data = load_splits(cfg.data)
+        store = None
+        if args.dense_cache:
+            from trainables.trial import FileDenseStore
+
+            store = FileDenseStore(os.path.abspath(args.dense_cache))
         result = run_trial(cfg, data=data, report=_keep_checkpoint(args.checkpoint_dir),
-                           resume_from=args.resume, trial_id=args.trial_id)
+                           resume_from=args.resume, trial_id=args.trial_id, dense_store=store)
     except (C.ConfigError, DataError) as exc:
         field = getattr(exc, "field", "config")
         message = getattr(exc, "message", None) or str(exc)

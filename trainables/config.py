@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
 from dataclasses import dataclass, field, fields
@@ -49,7 +50,17 @@ class ConfigError(ValueError):
         self.message = message
 
 
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+# The fields with a fixed set of values: validation and the command-line help both read this.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": DATASETS, "arch": ARCHS, "method": METHODS, "sparsity_set": SPARSITY_SETS,
+    "schedule": MAGNITUDE_SCHEDULES, "dense_optimizer": OPTIMIZERS, "optimizer": OPTIMIZERS,
+    "dense_lr_schedule": LR_SCHEDULES, "lr_schedule": LR_SCHEDULES, "admm_interval_unit": INTERVAL_UNITS,
+    "device": DEVICES,
+}
+
+
+def _choice(name: str, value: Any) -> None:
+    allowed = CHOICES[name]
     if value not in allowed:
         raise ConfigError(name, f"{value!r} is not one of {', '.join(allowed)}")
 
@@ -69,22 +80,25 @@ def _range(name: str, value: Any, lo: float, hi: float, *, lo_open=False, hi_ope
 
 @dataclass(frozen=True)
 class DataConfig:
+    # cifar10 (downloaded, or read from data_dir), digits (scikit-learn's, offline) or synthetic (tests)
     dataset: str = field(default="digits", metadata=DENSE)
     # a folder in CIFAR-10's python layout (cifar-10-batches-py); only with dataset cifar10 (the CLIs imply it)
     data_dir: str | None = field(default=None, metadata=DENSE)
     # where cifar10 is downloaded; None: ~/.cache/prunesweep (the bytes are checksummed: not part of any key)
     cache_dir: str | None = field(default=None, metadata=NOT_HP)
-    val_fraction: float = field(default=0.1, metadata=DENSE)  # carved from the training split by split_seed
-    # independent of the trial seed so every trial sees the same validation set
+    # fraction of the training split held out for validation (tuning never sees the test split)
+    val_fraction: float = field(default=0.1, metadata=DENSE)
+    # seed of the validation split, independent of the trial seed so every trial sees the same validation set
     split_seed: int = field(default=0, metadata=DENSE)
     batch_size: int = field(default=128, metadata=DENSE)  # images per optimizer step, in every phase
     augment: bool = field(default=True, metadata=DENSE)  # random crop (pad 4) + horizontal flip, on device
-    synthetic_train: int = field(default=2048, metadata=DENSE)  # synthetic dataset sizes (images)
-    synthetic_test: int = field(default=512, metadata=DENSE)
-    limit_train: int | None = field(default=None, metadata=DENSE)  # keep the first N training images (smoke)
+    synthetic_train: int = field(default=2048, metadata=DENSE)  # synthetic dataset: training images
+    synthetic_test: int = field(default=512, metadata=DENSE)  # synthetic dataset: test images
+    # keep only the first N training images (smoke runs, tests); None: all
+    limit_train: int | None = field(default=None, metadata=DENSE)
 
     def validate(self) -> None:
-        _choice("dataset", self.dataset, DATASETS)
+        _choice("dataset", self.dataset)
         _range("val_fraction", self.val_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
         _range("split_seed", self.split_seed, 0, 2**31 - 1, kind=int)
         _range("batch_size", self.batch_size, 1, 65536, kind=int)
@@ -100,12 +114,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = field(default="mobilenet_v2", metadata=DENSE)
-    width: float = field(default=1.0, metadata=DENSE)  # torchvision's width_mult; tests use e.g. 0.25
-    num_classes: int = field(default=10, metadata=DENSE)
+    arch: str = field(default="mobilenet_v2", metadata=DENSE)  # a torchvision MobileNet adapted to 32x32
+    width: float = field(default=1.0, metadata=DENSE)  # MobileNet width multiplier (torchvision's width_mult)
+    num_classes: int = field(default=10, metadata=DENSE)  # outputs of the classifier
 
     def validate(self) -> None:
-        _choice("arch", self.arch, ARCHS)
+        _choice("arch", self.arch)
         _range("width", self.width, 0.0, 4.0, lo_open=True)
         _range("num_classes", self.num_classes, 2, 100_000, kind=int)
 
@@ -114,52 +128,54 @@ class ModelConfig:
 class DenseConfig:
     """The dense recipe. Its hash keys the shared dense checkpoint, so both methods start from it."""
 
-    dense_epochs: int = field(default=10, metadata=DENSE)
-    dense_optimizer: str = field(default="sgd", metadata=DENSE)
-    dense_lr: float = field(default=0.05, metadata=DENSE)  # SGD lr per batch of `batch_size` images
-    dense_weight_decay: float = field(default=5e-4, metadata=DENSE)
-    dense_lr_schedule: str = field(default="cosine", metadata=DENSE)
+    dense_epochs: int = field(default=10, metadata=DENSE)  # epochs of the shared dense phase
+    dense_optimizer: str = field(default="sgd", metadata=DENSE)  # the dense phase's optimizer
+    dense_lr: float = field(default=0.05, metadata=DENSE)  # the dense phase's lr per batch of batch_size images
+    dense_weight_decay: float = field(default=5e-4, metadata=DENSE)  # the dense phase's L2 weight decay
+    dense_lr_schedule: str = field(default="cosine", metadata=DENSE)  # the dense phase's lr schedule, per epoch
 
     def validate(self) -> None:
         _range("dense_epochs", self.dense_epochs, 0, 10_000, kind=int)
-        _choice("dense_optimizer", self.dense_optimizer, OPTIMIZERS)
+        _choice("dense_optimizer", self.dense_optimizer)
         _range("dense_lr", self.dense_lr, 0.0, 10.0, lo_open=True)
         _range("dense_weight_decay", self.dense_weight_decay, 0.0, 1.0)
-        _choice("dense_lr_schedule", self.dense_lr_schedule, LR_SCHEDULES)
+        _choice("dense_lr_schedule", self.dense_lr_schedule)
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    method: str = "admm"
+    method: str = "admm"  # the sparsify phase: ADMM or the magnitude baseline
     sparsity: float = 0.5  # fraction of prunable weights set to zero, in [0, 1)
-    sparsity_set: str = "uniform"  # uniform per layer | global magnitude | nm (N:M)
-    nm_n: int = 2  # N:M keeps n of every m consecutive weights along the input dimension
-    nm_m: int = 4
+    sparsity_set: str = "uniform"  # uniform: s per layer; global: one magnitude threshold; nm: N:M groups
+    nm_n: int = 2  # N:M keeps nm_n of every nm_m consecutive weights along the input dimension
+    nm_m: int = 4  # N:M group size (2:4 is what sparse tensor cores run)
     prune_first_conv: bool = False  # the stem conv has few weights and much influence: dense by default
-    schedule: str = "per_step"  # magnitude only: per_step | one_shot | gradual (Zhu & Gupta 2017)
+    # magnitude only: per_step (project after every step, pruned weights may return), one_shot (fixed mask)
+    # or gradual (cubic ramp, Zhu & Gupta 2017)
+    schedule: str = "per_step"
     gradual_interval: int = 1  # magnitude gradual: raise sparsity every N optimizer steps
     rho: float = 0.01  # ADMM penalty weight (seed: 0.01)
     rho_growth: float = 1.0  # rho <- min(rho * rho_growth, rho_max) after each Z/U update
-    rho_max: float = 1.0
+    rho_max: float = 1.0  # the cap of rho's growth
     # Z/U update every admm_interval `admm_interval_unit`s; epochs may be fractional (0.25: four updates per
     # epoch, so a 2-epoch phase still makes several updates); steps must be whole. At least 2 updates must
     # come before the phase's last step (trainables.methods.admm_schedule), or U never acts and "ADMM" is an
     # L2 pull towards the first projection.
     admm_interval: float = 0.25
-    admm_interval_unit: str = "epoch"
+    admm_interval_unit: str = "epoch"  # the unit of admm_interval
 
     def validate(self) -> None:
-        _choice("method", self.method, METHODS)
+        _choice("method", self.method)
         _range("sparsity", self.sparsity, 0.0, 1.0, hi_open=True)
-        _choice("sparsity_set", self.sparsity_set, SPARSITY_SETS)
+        _choice("sparsity_set", self.sparsity_set)
         _range("nm_m", self.nm_m, 1, 64, kind=int)
         _range("nm_n", self.nm_n, 1, self.nm_m, kind=int)
-        _choice("schedule", self.schedule, MAGNITUDE_SCHEDULES)
+        _choice("schedule", self.schedule)
         _range("gradual_interval", self.gradual_interval, 1, 1_000_000, kind=int)
         _range("rho", self.rho, 0.0, 1e4, lo_open=True)
         _range("rho_growth", self.rho_growth, 1.0, 100.0)
         _range("rho_max", self.rho_max, self.rho, 1e6)
-        _choice("admm_interval_unit", self.admm_interval_unit, INTERVAL_UNITS)
+        _choice("admm_interval_unit", self.admm_interval_unit)
         if self.admm_interval_unit == "step":
             _range("admm_interval", self.admm_interval, 1, 1_000_000, kind=int)
         else:
@@ -180,26 +196,27 @@ class PruneConfig:
 class TrainConfig:
     """Recipe of the sparsify and fine-tune phases (the part the sweep tunes)."""
 
-    sparsify_epochs: int = 5
-    finetune_epochs: int = 5
-    optimizer: str = "adam"  # the seed used Adam, lr 1e-3
-    lr: float = 1e-3
+    sparsify_epochs: int = 5  # epochs of ADMM or magnitude pruning before the hard projection
+    finetune_epochs: int = 5  # epochs of masked fine-tuning after it
+    optimizer: str = "adam"  # sparsify and fine-tune optimizer (the seed used Adam, lr 1e-3)
+    lr: float = 1e-3  # sparsify learning rate per batch of batch_size images
     momentum: float = field(default=0.9, metadata=DENSE)  # SGD only (Nesterov), the dense phase's too
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"  # constant | cosine (per phase)
+    weight_decay: float = 0.0  # L2 weight decay of the sparsify and fine-tune phases
+    lr_schedule: str = "constant"  # the sparsify and fine-tune lr schedule (cosine runs to 0 within each phase)
     finetune_lr_scale: float = 1.0  # fine-tune lr = lr * finetune_lr_scale
-    label_smoothing: float = field(default=0.0, metadata=DENSE)  # every phase's loss, the dense one's too
+    # label smoothing of the cross-entropy in every phase, the dense one's too
+    label_smoothing: float = field(default=0.0, metadata=DENSE)
     # training batches used to re-estimate BatchNorm statistics before every accuracy (DESIGN rules 9, 10)
     bn_recal_batches: int = field(default=50, metadata=DENSE)
 
     def validate(self) -> None:
         _range("sparsify_epochs", self.sparsify_epochs, 0, 10_000, kind=int)
         _range("finetune_epochs", self.finetune_epochs, 0, 10_000, kind=int)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("optimizer", self.optimizer)
         _range("lr", self.lr, 0.0, 10.0, lo_open=True)
         _range("momentum", self.momentum, 0.0, 1.0, hi_open=True)
         _range("weight_decay", self.weight_decay, 0.0, 1.0)
-        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _choice("lr_schedule", self.lr_schedule)
         _range("finetune_lr_scale", self.finetune_lr_scale, 0.0, 100.0, lo_open=True)
         _range("label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
         _range("bn_recal_batches", self.bn_recal_batches, 0, 100_000, kind=int)
@@ -212,14 +229,15 @@ class RunConfig:
     device: str = field(default="auto", metadata=NOT_HP)
     # measure test accuracy at dense/pre/post/final (never used for selection)
     eval_test: bool = field(default=True, metadata=DENSE_NOT_HP)
-    max_threads: int | None = field(default=None, metadata=NOT_HP)  # torch intra-op threads; None: default
+    # torch intra-op threads; None leaves torch's default
+    max_threads: int | None = field(default=None, metadata=NOT_HP)
     # also train (or fetch from the dense store) the dense control: the dense checkpoint trained on for
     # sparsify_epochs + finetune_epochs more with the dense recipe, so "dense" gets the same budget (rule 11)
     dense_control: bool = field(default=True, metadata=NOT_HP)
 
     def validate(self) -> None:
         _range("seed", self.seed, 0, 2**31 - 1, kind=int)
-        _choice("device", self.device, DEVICES)
+        _choice("device", self.device)
         if self.max_threads is not None:
             _range("max_threads", self.max_threads, 1, 1024, kind=int)
 
@@ -232,6 +250,36 @@ _SECTIONS = {
     "train": TrainConfig,
     "run": RunConfig,
 }
+
+
+def field_help() -> dict[str, str]:
+    """Each field's comment in this file: the comment on its line, else the comment lines right above it.
+
+    The CLIs' help texts come from here, so a field's documentation is written once, at the field.
+    """
+    import inspect
+    import tokenize
+
+    out: dict[str, str] = {}
+    for section in _SECTIONS.values():
+        above: list[str] = []
+        field_line: dict[int, str] = {}
+        names = {f.name for f in fields(section)}
+        tokens = list(tokenize.generate_tokens(io.StringIO(inspect.getsource(section)).readline))
+        for i, tok in enumerate(tokens):
+            if tok.type == tokenize.NAME and tok.string in names and tok.start[1] == 4 and tokens[i + 1].string == ":":
+                field_line[tok.start[0]] = tok.string
+                out[tok.string] = " ".join(above)
+                above = []
+            elif tok.type == tokenize.COMMENT:
+                text = tok.string.lstrip("#").strip()
+                if tok.start[0] in field_line:  # a trailing comment wins over the lines above
+                    out[field_line[tok.start[0]]] = text
+                elif tok.start[1] == 4:
+                    above.append(text)
+            elif tok.type == tokenize.NAME and tok.start[1] == 4:
+                above = []  # a comment above a method or a docstring, not a field's
+    return out
 
 
 @dataclass(frozen=True)

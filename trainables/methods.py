@@ -63,8 +63,12 @@ def check_admm_schedule(prune: PruneConfig, sparsify_epochs: int, steps_per_epoc
     if n >= MIN_ADMM_UPDATES:
         return
     longest = (total - 1) / MIN_ADMM_UPDATES  # in steps: updates at `longest`, 2*`longest` < total
-    hint = (f"at most {math.floor(longest)} steps" if prune.admm_interval_unit == "step"
-            else f"at most {longest / steps_per_epoch:.3g} epochs")
+    if longest < 1:
+        hint = f"a phase of at least {MIN_ADMM_UPDATES + 1} steps (a smaller batch_size)"
+    elif prune.admm_interval_unit == "step":
+        hint = f"admm_interval at most {math.floor(longest)} steps"
+    else:
+        hint = f"admm_interval at most {longest / steps_per_epoch:.3g} epochs"
     raise ConfigError("admm_interval", f"{prune.admm_interval:g} {prune.admm_interval_unit}(s) gives {n} Z/U "
                       f"update(s) before the last step of the sparsify phase ({sparsify_epochs} epochs x "
                       f"{steps_per_epoch} steps); at least {MIN_ADMM_UPDATES} are needed for U to act: use "
