@@ -13,12 +13,14 @@ _EXPORTS = {
     "find_optuna_storage": "load",
     "comparison_table": "tables", "best_hyperparameters": "tables", "pareto_front": "tables",
     "paired_comparison": "tables", "accounting": "tables", "diverged_trials": "tables",
-    "best_configs": "tables", "config_summary": "tables",
+    "best_configs": "tables", "config_summary": "tables", "config_key": "tables", "comparison_level": "tables",
+    "control_accuracies": "tables", "fixed_hyperparameters": "tables",
     "curves_data": "plots", "plot_curves": "plots", "weights_data": "plots", "plot_weights": "plots",
     "sparsity_data": "plots", "plot_sparsity": "plots", "admm_data": "plots", "plot_admm": "plots",
     "plot_importance": "plots",
     "build_report": "report", "Report": "report", "importance_data": "report", "render_html": "report",
-    "render_markdown": "report", "render_latex": "report",
+    "render_markdown": "report", "render_latex": "report", "Importances": "report", "StudyImportance": "report",
+    "study_importance": "report",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -5,7 +5,7 @@ built headless (CI, clusters)."""
 
 from __future__ import annotations
 
-
+import math
 
 import matplotlib
 
@@ -37,9 +37,9 @@ def _empty(fig, ax, message: str):
 # --- training curves -------------------------------------------------------------------------------------
 
 def best_trial_ids(trials: pd.DataFrame, sparsity: float | None = None) -> dict[tuple[str, str], list[str]]:
-    """Trial ids (all seeds) of the best configuration per (arch, method), chosen on validation: at target
-    ``sparsity`` where that (arch, method) has finished trials there, else at any sparsity (so the figures
-    still show every method of a sweep that never ran the requested sparsity)."""
+    """Trial ids (all seeds) of the best configuration per (arch, method), chosen on validation: at sparsity
+    level ``sparsity`` (tables.comparison_level) where that (arch, method) has finished trials there, else at
+    any level (so the figures still show every method of a sweep that never ran the requested level)."""
     picked = {(r.arch, r.method): r.trial_ids.split(",") for r in T.best_configs(trials).itertuples()}
     if sparsity is not None:
         picked.update({(r.arch, r.method): r.trial_ids.split(",")
@@ -146,17 +146,29 @@ def plot_weights(data: pd.DataFrame):
 # --- accuracy vs sparsity --------------------------------------------------------------------------------
 
 def sparsity_data(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(all configurations' mean points, Pareto front rows incl. dense control) for the sparsity plot."""
-    summary = T.config_summary(trials)
-    if not summary.empty:
-        ok = T.ok_trials(trials).assign(config=lambda t: T._config_key(t))
-        achieved = ok.groupby(["arch", "method", "config"])["achieved_sparsity"].mean().rename("achieved_sparsity")
-        summary = summary.merge(achieved.reset_index(), on=["arch", "method", "config"])
+    """(every configuration's mean point with its mean achieved sparsity, Pareto front rows incl. the dense
+    control rows) for the sparsity plot."""
+    summary = T.config_summary(trials).rename(columns={"achieved_sparsity_mean": "achieved_sparsity"})
     return summary, T.pareto_front(trials)
 
 
+def _plot_controls(ax, controls: pd.DataFrame) -> None:
+    """The dense control (same budget) and the dense start as horizontal lines; a missing control is said."""
+    for _, row in controls.iterrows():
+        budget = "" if math.isnan(row["budget_epochs"]) else f", {int(row['budget_epochs'])} epochs"
+        if math.isnan(row["final_val_acc"]):
+            ax.plot([], [], " ", label="dense control missing")
+        else:
+            ax.axhline(row["final_val_acc"], color="black", linestyle=":", label=f"dense control (val{budget})")
+        if not math.isnan(row["dense_start_val_acc"]):
+            epoch = "" if math.isnan(row["dense_start_epoch"]) else f", epoch {int(row['dense_start_epoch'])}"
+            ax.axhline(row["dense_start_val_acc"], color="gray", linestyle="-.", linewidth=0.8,
+                       label=f"dense start (val{epoch})")
+
+
 def plot_sparsity(points: pd.DataFrame, front: pd.DataFrame):
-    """Validation accuracy against achieved sparsity, every configuration plus each method's Pareto front."""
+    """Validation accuracy against achieved sparsity, every configuration plus each method's Pareto front,
+    the dense control and the dense start."""
     archs = sorted(points["arch"].unique()) if not points.empty else []
     fig, axes = _grid(len(archs))
     if not archs:
@@ -165,10 +177,9 @@ def plot_sparsity(points: pd.DataFrame, front: pd.DataFrame):
         ax = axes[0, col]
         for method, rows in points[points["arch"] == arch].groupby("method"):
             ax.scatter(rows["achieved_sparsity"], rows["final_val_acc_mean"], color=_color(method), alpha=0.35, s=18)
-        for method, rows in front[front["arch"] == arch].groupby("method"):
-            if method == "dense":
-                ax.axhline(rows["final_val_acc"].iloc[0], color="black", linestyle=":", label="dense (val)")
-                continue
+        mine = front[front["arch"] == arch]
+        _plot_controls(ax, mine[mine["row"] == "control"])
+        for method, rows in mine[mine["row"] == "pareto"].groupby("method"):
             ax.plot(rows["achieved_sparsity"], rows["final_val_acc"], color=_color(method), marker="o",
                     label=f"{method} Pareto front")
         ax.set_title(arch)
@@ -214,21 +225,20 @@ def plot_admm(data: pd.DataFrame):
 
 # --- hyperparameter importance ---------------------------------------------------------------------------
 
-def plot_importance(importances: dict[str, dict[str, float]]):
-    """Horizontal bars of each study's parameter importances (from analysis.report.importance_data)."""
-    studies = sorted(importances)
-    fig, axes = _grid(len(studies), width=3.8, height=2.8)
-    if not studies:
-        return _empty(fig, axes[0, 0], "no Optuna study with enough completed trials")
-    for col, study in enumerate(studies):
+def plot_importance(studies: dict):
+    """Horizontal bars of each study's parameter importances: ``studies`` maps a study name to an object with
+    ``importances`` (name -> value) and ``label`` (the evaluator and target, for the axis), as
+    analysis.report.importance_data gives them."""
+    names = sorted(studies)
+    fig, axes = _grid(len(names), width=4.2, height=2.8)
+    if not names:
+        return _empty(fig, axes[0, 0], "no Optuna study with enough complete trials")
+    for col, name in enumerate(names):
         ax = axes[0, col]
-        items = sorted(importances[study].items(), key=lambda kv: kv[1])
-        if not items:
-            _empty(fig, ax, f"{study}: not enough completed trials")
-            continue
+        items = sorted(studies[name].importances.items(), key=lambda kv: kv[1])
         ax.barh([k for k, _ in items], [v for _, v in items], color="tab:blue")
-        ax.set_title(study, fontsize=9)
-        ax.set_xlabel("importance (fANOVA)")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(studies[name].label, fontsize=7, wrap=True)
     fig.tight_layout()
     return fig
 

@@ -2,32 +2,106 @@
 
 Selection uses the validation split only and reporting uses the test split only (DESIGN rule 5); every
 table says which split each number comes from in its column names (``*_val_*`` / ``*_test_*``).
-Diverged and failed trials are never scored (not as zero, not dropped silently): they are counted in
-``accounting`` and listed by ``diverged_trials`` (DESIGN rule 8).
+Trials that did not finish ok (diverged, failed, stopped) are never scored (not as zero, not dropped
+silently): they are counted in ``accounting`` and listed by ``diverged_trials`` (DESIGN rule 8).
+
+Three identities are defined once here and used by every table and figure:
+
+- :func:`config_key`: two rows are seeds of one configuration only if ``arch``, ``method`` and EVERY
+  hyperparameter column of the results schema (``schema.HYPERPARAMETERS``, generated from TrialConfig) are
+  equal, NaN-safe.
+- :func:`comparison_level`: the sparsity a trial is compared at (DESIGN rule 13): its nominal ``sparsity``
+  when the set's exact ``target_sparsity`` is within ``LEVEL_TOL`` of it, else the exact target rounded to 3
+  decimals, so an N:M 2:4 trial that leaves depthwise layers dense sits at e.g. 0.47, never beside 0.5.
+- :func:`control_accuracies`: the dense CONTROL (DESIGN rule 11), the dense checkpoint trained as many
+  epochs more as the pruned models, per (arch, seed, control_key), taken from any ok row that carries it.
+  ``dense_*_acc`` is the dense START (end of the dense phase), never shown as the fair dense reference.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
+import numbers
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-# The hyperparameters that identify one configuration; seeds of the same configuration share all of them.
-CONFIG_COLUMNS = ("sparsity_set", "schedule", "target_sparsity", "lr", "rho", "rho_growth", "admm_interval",
-                  "optimizer", "dense_epochs", "sparsify_epochs", "finetune_epochs")
+from trainables import schema
+from trainables.config import dense_fields
+
 GROUP = ("arch", "method")
-STAGES = ("dense", "pre_prune", "post_prune", "post_prune_stale_bn", "final")
-SPARSITY_TOL = 1e-6  # target sparsities are typed fractions; compare with a tolerance, not ==
+# The columns that identify one configuration: generated from TrialConfig through the schema, never by hand.
+HYPERPARAMETERS = tuple(schema.HYPERPARAMETERS)
+CONFIG_COLUMNS = (*GROUP, *HYPERPARAMETERS)
+# The recipe of the dense control, without the seed: the dense recipe plus the epochs trained beyond it.
+CONTROL_COLUMNS = ("arch", *(c for c in dense_fields() if c in HYPERPARAMETERS), "sparsify_epochs",
+                   "finetune_epochs")
+# Accuracy stages of a pruned trial (the dense control has its own columns), from the schema; in the tables
+# "dense" is shown as dense_start (the end of the dense phase), the others after it.
+STAGES = tuple(s for s in schema.ACC_STAGES if s != "control")
+PRUNE_STAGES = tuple(s for s in STAGES if s != "dense")
+STATUSES = schema.STATUSES  # ok, diverged, failed, stopped: the one definition the sweep writes
+LEVEL_TOL = 0.005  # a set within this of its nominal sparsity is compared at the nominal level
+SPARSITY_TOL = 1e-6  # levels are typed fractions; compare with a tolerance, not ==
+CONTROL_MISSING = ("dense control missing (dense_control off, or results without it): no same-budget dense "
+                   "reference; the dense start is not one")
 
 
-def _config_key(trials: pd.DataFrame) -> pd.Series:
-    """A string naming each row's configuration (NaN-safe, unlike groupby on float columns with NaN)."""
-    cols = [c for c in CONFIG_COLUMNS if c in trials]
-    if trials.empty:  # agg(axis=1) of an empty frame is a frame, not a series
+def _canon(value) -> str:
+    """One canonical text per value, so 1, 1.0 and np.int64(1) are equal and every kind of null is one."""
+    if value is None or (not isinstance(value, (list, tuple, dict)) and pd.isna(value)):
+        return "NA"
+    if isinstance(value, (bool, np.bool_)):
+        return f"b:{bool(value)}"
+    if isinstance(value, numbers.Number):
+        return f"n:{float(value)!r}"
+    return f"s:{value}"
+
+
+def _canon_column(column: pd.Series) -> pd.Series:
+    """:func:`_canon` of a whole column, vectorised where the dtype allows."""
+    if pd.api.types.is_bool_dtype(column):
+        return "b:" + column.astype(str)
+    if pd.api.types.is_numeric_dtype(column):
+        values = column.astype(float)
+        return ("n:" + values.map(repr)).where(values.notna(), "NA")
+    return column.map(_canon)
+
+
+def _key(trials: pd.DataFrame, columns: tuple[str, ...]) -> pd.Series:
+    """A short digest of each row's values in ``columns`` (a missing column counts as null)."""
+    if trials.empty:
         return pd.Series([], index=trials.index, dtype=object)
-    return trials[cols].map(str).agg("|".join, axis=1)
+    frame = trials.reindex(columns=list(columns))
+    text = functools.reduce(lambda a, b: a + "\x1f" + b, (_canon_column(frame[c]) for c in columns))
+    return text.map(lambda s: hashlib.sha256(s.encode()).hexdigest()[:12])
+
+
+def config_key(trials: pd.DataFrame) -> pd.Series:
+    """Each row's configuration id: equal exactly when arch, method and every hyperparameter are equal."""
+    return _key(trials, CONFIG_COLUMNS)
+
+
+def control_group(trials: pd.DataFrame) -> pd.Series:
+    """Each row's dense-control recipe id (dense recipe and control budget, any seed)."""
+    return _key(trials, CONTROL_COLUMNS)
+
+
+def comparison_level(trials: pd.DataFrame) -> pd.Series:
+    """The sparsity each row is compared at: nominal ``sparsity`` if ``target_sparsity`` is within LEVEL_TOL of
+    it, else ``target_sparsity`` rounded to 3 decimals; NaN without a target (failed rows)."""
+    nominal = pd.to_numeric(trials.reindex(columns=["sparsity"])["sparsity"], errors="coerce").astype(float)
+    target = pd.to_numeric(trials["target_sparsity"], errors="coerce").astype(float)
+    near = (target - nominal).abs() <= LEVEL_TOL
+    return nominal.where(near, target.round(3)).round(6).rename("sparsity_level")
+
+
+def annotate(trials: pd.DataFrame) -> pd.DataFrame:
+    """``trials`` with its ``config`` id and ``sparsity_level`` columns."""
+    return trials.assign(config=config_key(trials), sparsity_level=comparison_level(trials))
 
 
 def ok_trials(trials: pd.DataFrame) -> pd.DataFrame:
@@ -36,36 +110,72 @@ def ok_trials(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def at_sparsity(trials: pd.DataFrame, sparsity: float) -> pd.DataFrame:
-    """Rows whose target sparsity equals ``sparsity`` (a fraction in [0, 1))."""
-    return trials[(trials["target_sparsity"] - sparsity).abs() <= SPARSITY_TOL]
+    """Rows whose comparison level (:func:`comparison_level`) is ``sparsity`` (a fraction in [0, 1))."""
+    return trials[(comparison_level(trials) - sparsity).abs() <= SPARSITY_TOL]
+
+
+def varying_hyperparameters(trials: pd.DataFrame) -> list[str]:
+    """The hyperparameter columns whose value (null included) is not the same in every row."""
+    cols = [c for c in HYPERPARAMETERS if c in trials]
+    return [c for c in cols if _canon_column(trials[c]).nunique() > 1]
+
+
+def fixed_hyperparameters(trials: pd.DataFrame) -> pd.DataFrame:
+    """The hyperparameters with one value over every row: (hyperparameter, value)."""
+    if trials.empty:
+        return pd.DataFrame(columns=["hyperparameter", "value"])
+    varying = set(varying_hyperparameters(trials))
+    fixed = [c for c in HYPERPARAMETERS if c in trials and c not in varying]
+    values = ["null" if _canon(trials[c].iloc[0]) == "NA" else trials[c].iloc[0] for c in fixed]
+    return pd.DataFrame({"hyperparameter": fixed, "value": values}, columns=["hyperparameter", "value"])
 
 
 def _mean_std(values: pd.Series) -> tuple[float, float]:
-    values = values.dropna()
+    values = pd.to_numeric(values, errors="coerce").dropna()
     if values.empty:
         return math.nan, math.nan
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
 
 
+def control_accuracies(trials: pd.DataFrame) -> pd.DataFrame:
+    """The dense control's accuracies per (arch, seed, control_key), from any ok row that has them (only
+    the trial that built the control, or read it from the store, carries it in its row)."""
+    cols = ["arch", "seed", "control_key", "control_val_acc", "control_test_acc"]
+    ok = ok_trials(trials).reindex(columns=cols)
+    has = ok["control_key"].fillna("").astype(str).ne("") & ok[cols[3:]].notna().any(axis=1)
+    if not has.any():
+        return pd.DataFrame(columns=cols)
+    return ok[has].groupby(cols[:3], sort=True)[cols[3:]].first().reset_index()
+
+
+def with_control(trials: pd.DataFrame) -> pd.DataFrame:
+    """``trials`` with control_val_acc / control_test_acc filled from the row's (arch, seed, control_key)."""
+    acc = ["control_val_acc", "control_test_acc"]
+    keys = trials.reindex(columns=["arch", "seed", "control_key"])
+    found = keys.merge(control_accuracies(trials), how="left", on=["arch", "seed", "control_key"])
+    return trials.assign(**{c: found[c].to_numpy(float) for c in acc})
+
+
 def config_summary(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per (arch, method, configuration) of ok trials: mean val/test final accuracy, n seeds, ids."""
-    ok = ok_trials(trials).assign(config=lambda t: _config_key(t))
+    """One row per (arch, method, configuration) of ok trials: comparison level, mean achieved sparsity, mean
+    val/test final accuracy, n seeds, trial ids, and every hyperparameter."""
+    ok = annotate(ok_trials(trials))
+    head = [*GROUP, "config", "sparsity_level", "achieved_sparsity_mean", "n_seeds", "final_val_acc_mean",
+            "final_test_acc_mean", "trial_ids"]
     if ok.empty:
-        return pd.DataFrame(columns=[*GROUP, "config", *CONFIG_COLUMNS, "n_seeds", "final_val_acc_mean",
-                                     "final_test_acc_mean", "trial_ids"])
+        return pd.DataFrame(columns=[*head, *HYPERPARAMETERS])
     grouped = ok.groupby([*GROUP, "config"], sort=True)
-    out = grouped.agg(n_seeds=("seed", "nunique"), final_val_acc_mean=("final_val_acc", "mean"),
-                      final_test_acc_mean=("final_test_acc", "mean"),
+    out = grouped.agg(sparsity_level=("sparsity_level", "first"),
+                      achieved_sparsity_mean=("achieved_sparsity", "mean"), n_seeds=("seed", "nunique"),
+                      final_val_acc_mean=("final_val_acc", "mean"), final_test_acc_mean=("final_test_acc", "mean"),
                       trial_ids=("trial_id", lambda s: ",".join(sorted(s)))).reset_index()
-    firsts = grouped[[c for c in CONFIG_COLUMNS if c in ok]].first().reset_index()
-    return out.merge(firsts, on=[*GROUP, "config"])
+    firsts = ok.reindex(columns=[*GROUP, "config", *HYPERPARAMETERS]).groupby([*GROUP, "config"], sort=True)
+    return out.merge(firsts.nth(0), on=[*GROUP, "config"])[[*head, *HYPERPARAMETERS]]
 
 
 def best_configs(trials: pd.DataFrame, sparsity: float | None = None) -> pd.DataFrame:
-    """The configuration with the best mean final_val_acc per (arch, method) [at ``sparsity`` if given].
-
-    Ties are broken by the configuration key so the choice is deterministic. Test accuracy plays no part.
-    """
+    """The configuration with the best mean final_val_acc per (arch, method) [at comparison level
+    ``sparsity`` if given]. Ties are broken by the configuration id; test accuracy plays no part."""
     pool = trials if sparsity is None else at_sparsity(trials, sparsity)
     summary = config_summary(pool)
     if summary.empty:
@@ -74,31 +184,104 @@ def best_configs(trials: pd.DataFrame, sparsity: float | None = None) -> pd.Data
     return summary.groupby(list(GROUP), sort=True).head(1).reset_index(drop=True)
 
 
+def _selected(ok: pd.DataFrame, best_row) -> pd.DataFrame:
+    """The ok rows (annotated) of one chosen (arch, method, config)."""
+    return ok[(ok["arch"] == best_row["arch"]) & (ok["method"] == best_row["method"])
+              & (ok["config"] == best_row["config"])]
+
+
+def _budget(sel: pd.DataFrame) -> float:
+    """Total epochs of the rows (dense + sparsify + fine-tune: the dense control's too), NaN if they differ."""
+    total = sel.reindex(columns=["dense_epochs", "sparsify_epochs", "finetune_epochs"]).sum(axis=1, min_count=3)
+    return float(total.iloc[0]) if len(sel) and total.nunique() == 1 else math.nan
+
+
+def _dense_start(sel: pd.DataFrame) -> dict:
+    epochs = pd.to_numeric(sel.reindex(columns=["dense_epochs"])["dense_epochs"]).dropna().unique()
+    mean, std = _mean_std(sel["dense_test_acc"])
+    return {"budget_epochs": _budget(sel),
+            "dense_start_epoch": float(epochs[0]) if len(epochs) == 1 else math.nan,
+            "dense_start_test_acc_mean": mean, "dense_start_test_acc_std": std}
+
+
+def _pruned_row(best_row, sel: pd.DataFrame) -> dict:
+    """A comparison row of one chosen configuration (``sel``: its seeds, control accuracies filled)."""
+    row = {"arch": best_row["arch"], "method": best_row["method"], "row": "pruned",
+           "sparsity_level": best_row["sparsity_level"],
+           "achieved_sparsity_mean": float(sel["achieved_sparsity"].mean()),
+           "selected_on": "val (mean final_val_acc)", "reported_on": "test",
+           "final_val_acc_mean": best_row["final_val_acc_mean"], **_dense_start(sel)}
+    for stage in PRUNE_STAGES:
+        row[f"{stage}_test_acc_mean"], row[f"{stage}_test_acc_std"] = _mean_std(sel[f"{stage}_test_acc"])
+    row["control_test_acc_mean"], row["control_test_acc_std"] = _mean_std(sel["control_test_acc"])
+    row.update(n_seeds=int(sel["seed"].nunique()), trial_ids=",".join(sorted(sel["trial_id"])),
+               note="" if sel["control_test_acc"].notna().any() else "dense control missing")
+    return row
+
+
+def _control_note(pairs: pd.DataFrame, methods: list[str]) -> str:
+    have = int(pairs.loc[pairs["control_test_acc"].notna(), "seed"].nunique())
+    if have == 0:
+        return CONTROL_MISSING
+    more = pairs["sparsify_epochs"].iloc[0] + pairs["finetune_epochs"].iloc[0]
+    text = (f"dense control for {', '.join(methods)}: the dense start trained {int(more)} epochs more with the "
+            f"dense recipe (same total budget)")
+    seeds = pairs["seed"].nunique()
+    return text if have == seeds else f"{text}; control for {have} of {seeds} seeds"
+
+
+def _control_row(selected: pd.DataFrame) -> dict:
+    """The dense control over the (seed, control_key) pairs of ``selected`` (one arch, one control recipe)."""
+    pairs = selected.drop_duplicates(["seed", "control_key"])
+    row = {"arch": pairs["arch"].iloc[0], "method": "dense", "row": "control", "sparsity_level": 0.0,
+           "achieved_sparsity_mean": 0.0, "selected_on": "", "reported_on": "test", **_dense_start(pairs)}
+    for stage in PRUNE_STAGES:  # a dense model has no pruning stages; its final accuracy is the control's
+        row[f"{stage}_test_acc_mean"] = row[f"{stage}_test_acc_std"] = math.nan
+    mean_std = _mean_std(pairs["control_test_acc"])
+    row["final_test_acc_mean"], row["final_test_acc_std"] = mean_std
+    row["control_test_acc_mean"], row["control_test_acc_std"] = mean_std
+    row.update(n_seeds=int(pairs.loc[pairs["control_test_acc"].notna(), "seed"].nunique()), trial_ids="",
+               note=_control_note(pairs, sorted(selected["method"].unique())))
+    return row
+
+
+COMPARISON_COLUMNS = [
+    *GROUP, "row", "sparsity_level", "achieved_sparsity_mean", "selected_on", "reported_on", "final_val_acc_mean",
+    "budget_epochs", "dense_start_epoch", "dense_start_test_acc_mean", "dense_start_test_acc_std",
+    *[f"{s}_test_acc_{m}" for s in PRUNE_STAGES for m in ("mean", "std")],
+    "control_test_acc_mean", "control_test_acc_std", "n_seeds", "trial_ids", "note"]
+
+
 def comparison_table(trials: pd.DataFrame, sparsity: float = 0.5) -> pd.DataFrame:
-    """The original study's table at matched ``sparsity``: per (arch, method), the configuration chosen on
-    validation, its dense / pre-prune / post-prune (BN recalibrated and stale BN) / final TEST accuracy as
-    mean and std over seeds, n seeds and the trial ids. Empty frame if nothing finished at that sparsity."""
+    """The original study's table at comparison level ``sparsity`` (:func:`comparison_level`).
+
+    Per (arch, method): the configuration chosen on validation, its dense start / pre-prune / post-prune
+    (BN recalibrated and stale BN) / final TEST accuracy and its dense control's, as mean and std over seeds,
+    the level and the mean achieved sparsity. Per arch and control recipe: a ``dense`` ``control`` row, the
+    dense control (same total budget) as its final accuracy, NaN with a note where it is missing. Empty
+    frame if nothing finished at that level."""
     best = best_configs(trials, sparsity)
-    ok = ok_trials(trials).assign(config=lambda t: _config_key(t))
-    rows = []
+    ok = annotate(with_control(ok_trials(trials)))
+    rows, chosen = [], []
     for _, b in best.iterrows():
-        sel = ok[(ok["arch"] == b["arch"]) & (ok["method"] == b["method"]) & (ok["config"] == b["config"])]
-        row = {"arch": b["arch"], "method": b["method"], "target_sparsity": sparsity,
-               "selected_on": "val (mean final_val_acc)", "reported_on": "test",
-               "final_val_acc_mean": b["final_val_acc_mean"]}
-        for stage in STAGES:
-            row[f"{stage}_test_acc_mean"], row[f"{stage}_test_acc_std"] = _mean_std(sel[f"{stage}_test_acc"])
-        row["achieved_sparsity_mean"] = float(sel["achieved_sparsity"].mean())
-        row["n_seeds"] = int(sel["seed"].nunique())
-        row["trial_ids"] = ",".join(sorted(sel["trial_id"]))
-        rows.append(row)
-    return pd.DataFrame(rows)
+        sel = _selected(ok, b)
+        rows.append(_pruned_row(b, sel))
+        chosen.append(sel)
+    if chosen:
+        picked = pd.concat(chosen).assign(control_recipe=lambda t: control_group(t))
+        for _, group in picked.groupby(["arch", "control_recipe"], sort=True):
+            rows.append(_control_row(group))
+    table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    return table.sort_values(["arch", "row", "method"], kind="stable").reset_index(drop=True)
 
 
 def best_hyperparameters(trials: pd.DataFrame, sparsity: float | None = None) -> pd.DataFrame:
-    """The best configuration's hyperparameters per (arch, method), chosen on mean final_val_acc."""
+    """The best configuration per (arch, method), chosen on mean final_val_acc, with every hyperparameter
+    that varies among the ok trials (the others are in :func:`fixed_hyperparameters`)."""
     best = best_configs(trials, sparsity)
-    cols = [*GROUP, *[c for c in CONFIG_COLUMNS if c in best], "n_seeds", "final_val_acc_mean", "trial_ids"]
+    varying = varying_hyperparameters(ok_trials(trials))
+    cols = [*GROUP, "sparsity_level", "achieved_sparsity_mean", *varying, "n_seeds", "final_val_acc_mean",
+            "trial_ids"]
     return best[cols] if not best.empty else pd.DataFrame(columns=cols)
 
 
@@ -111,65 +294,94 @@ def _pareto_mask(sparsity: np.ndarray, acc: np.ndarray) -> np.ndarray:
     return keep
 
 
+PARETO_COLUMNS = [*GROUP, "row", "config", "sparsity_level", "target_sparsity", "achieved_sparsity",
+                  "final_val_acc", "final_test_acc", "budget_epochs", "dense_start_epoch", "dense_start_val_acc",
+                  "dense_start_test_acc",
+                  "nonzero_params", "total_params", "nonzero_macs", "dense_macs", "n_seeds", "note"]
+
+
+def _pareto_controls(ok: pd.DataFrame) -> list[dict]:
+    """One ``control`` row per (arch, control recipe): the dense control's mean accuracies at sparsity 0."""
+    rows = []
+    for _, group in ok.assign(recipe=control_group(ok)).groupby(["arch", "recipe"], sort=True):
+        pairs = group.drop_duplicates(["seed", "control_key"])
+        rows.append({
+            "arch": pairs["arch"].iloc[0], "method": "dense", "row": "control", "config": "", "sparsity_level": 0.0,
+            "target_sparsity": 0.0, "achieved_sparsity": 0.0, "final_val_acc": _mean_std(pairs["control_val_acc"])[0],
+            "final_test_acc": _mean_std(pairs["control_test_acc"])[0], "budget_epochs": _budget(pairs),
+            "dense_start_epoch": _dense_start(pairs)["dense_start_epoch"],
+            "dense_start_val_acc": pairs["dense_val_acc"].mean(),
+            "dense_start_test_acc": pairs["dense_test_acc"].mean(),
+            "nonzero_params": pairs["total_params"].max(), "total_params": pairs["total_params"].max(),
+            "nonzero_macs": pairs["dense_macs"].max(), "dense_macs": pairs["dense_macs"].max(),
+            "n_seeds": int(pairs.loc[pairs["control_val_acc"].notna(), "seed"].nunique()),
+            "note": _control_note(pairs, sorted(group["method"].unique()))})
+    return rows
+
+
 def pareto_front(trials: pd.DataFrame) -> pd.DataFrame:
     """Accuracy-vs-sparsity Pareto front per (arch, method) over configurations (mean over seeds).
 
-    Points are compared on validation accuracy and achieved sparsity; test accuracy sits beside. Each
-    (arch) gets a ``dense`` control row (the mean dense accuracy, sparsity 0, all parameters and MACs).
+    Points are compared on validation accuracy and achieved sparsity; test accuracy sits beside, with the
+    comparison level and exact target. Each (arch, control recipe) gets a ``dense`` ``control`` row: the dense
+    control (same total budget, DESIGN rule 11), NaN with a note where it is missing; its dense start beside.
     """
-    ok = ok_trials(trials).assign(config=lambda t: _config_key(t))
-    cols = [*GROUP, "row", "config", "target_sparsity", "achieved_sparsity", "final_val_acc", "final_test_acc",
-            "nonzero_params", "total_params", "nonzero_macs", "dense_macs", "n_seeds"]
+    ok = annotate(with_control(ok_trials(trials)))
     if ok.empty:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=PARETO_COLUMNS)
+    ok = ok.assign(budget_epochs=ok.reindex(columns=["dense_epochs", "sparsify_epochs", "finetune_epochs"])
+                   .sum(axis=1, min_count=3))
     agg = ok.groupby([*GROUP, "config"]).agg(
-        target_sparsity=("target_sparsity", "first"), achieved_sparsity=("achieved_sparsity", "mean"),
-        final_val_acc=("final_val_acc", "mean"), final_test_acc=("final_test_acc", "mean"),
+        sparsity_level=("sparsity_level", "first"), target_sparsity=("target_sparsity", "first"),
+        achieved_sparsity=("achieved_sparsity", "mean"), final_val_acc=("final_val_acc", "mean"),
+        final_test_acc=("final_test_acc", "mean"), budget_epochs=("budget_epochs", "first"),
+        dense_start_epoch=("dense_epochs", "first"), dense_start_val_acc=("dense_val_acc", "mean"),
+        dense_start_test_acc=("dense_test_acc", "mean"),
         nonzero_params=("nonzero_params", "mean"), total_params=("total_params", "first"),
         nonzero_macs=("nonzero_macs", "mean"), dense_macs=("dense_macs", "first"),
-        n_seeds=("seed", "nunique")).reset_index()
-    parts = []
-    for arch, arch_rows in agg.groupby("arch", sort=True):
-        dense = ok[ok["arch"] == arch]
-        parts.append(pd.DataFrame([{
-            "arch": arch, "method": "dense", "row": "control", "config": "", "target_sparsity": 0.0,
-            "achieved_sparsity": 0.0, "final_val_acc": dense["dense_val_acc"].mean(),
-            "final_test_acc": dense["dense_test_acc"].mean(), "nonzero_params": dense["total_params"].max(),
-            "total_params": dense["total_params"].max(), "nonzero_macs": dense["dense_macs"].max(),
-            "dense_macs": dense["dense_macs"].max(), "n_seeds": dense["seed"].nunique()}]))
-        for _, rows in arch_rows.groupby("method", sort=True):
-            mask = _pareto_mask(rows["achieved_sparsity"].to_numpy(float), rows["final_val_acc"].to_numpy(float))
-            parts.append(rows[mask].assign(row="pareto").sort_values("achieved_sparsity"))
-    return pd.concat(parts, ignore_index=True)[cols]
+        n_seeds=("seed", "nunique")).reset_index().assign(note="")
+    parts = [pd.DataFrame(_pareto_controls(ok), columns=PARETO_COLUMNS)]
+    for _, rows in agg.groupby(list(GROUP), sort=True):
+        mask = _pareto_mask(rows["achieved_sparsity"].to_numpy(float), rows["final_val_acc"].to_numpy(float))
+        parts.append(rows[mask].assign(row="pareto").sort_values("achieved_sparsity"))
+    front = pd.concat(parts, ignore_index=True)[PARETO_COLUMNS]
+    order = front["row"].map({"control": 0, "pareto": 1})
+    return front.assign(_o=order).sort_values(["arch", "_o", "method"], kind="stable").drop(columns="_o") \
+        .reset_index(drop=True)
+
+
+def _picked_seeds(ok: pd.DataFrame, best: pd.DataFrame, method: str) -> pd.DataFrame | None:
+    """Per seed: final test accuracy and achieved sparsity of ``method``'s chosen configuration."""
+    b = best[best["method"] == method]
+    if b.empty:
+        return None
+    sel = _selected(ok, b.iloc[0])
+    return sel.groupby("seed")[["final_test_acc", "achieved_sparsity"]].mean()
 
 
 def paired_comparison(trials: pd.DataFrame, first: str = "admm", second: str = "magnitude") -> pd.DataFrame:
-    """``first`` minus ``second`` final TEST accuracy at each matched target sparsity per arch, paired by seed.
+    """``first`` minus ``second`` final TEST accuracy at each comparison level per arch, paired by seed.
 
-    Each method contributes its best configuration at that sparsity (chosen on validation). Reports n pairs,
-    mean difference, 95% t-interval and the paired t-test p-value; with n < 2 these are NaN and ``note`` says
-    "n/a (n < 2)".
+    Each method contributes its best configuration at that level (chosen on validation); trials at other
+    levels (N:M below its nominal sparsity) are never paired with it. Reports the level, each side's mean
+    achieved sparsity, n pairs, mean difference, 95% t-interval and the paired t-test p-value; with n < 2
+    these are NaN and ``note`` says "n/a (n < 2)".
     """
-    ok = ok_trials(trials).assign(config=lambda t: _config_key(t))
+    ok = annotate(ok_trials(trials))
     rows = []
-    for (arch, sparsity), _ in ok.groupby(["arch", "target_sparsity"], sort=True):
-        best = best_configs(ok[ok["arch"] == arch], sparsity)
-        picked = {}
-        for method in (first, second):
-            b = best[best["method"] == method]
-            if b.empty:
-                continue
-            sel = ok[(ok["arch"] == arch) & (ok["method"] == method) & (ok["config"] == b["config"].iloc[0])]
-            picked[method] = sel.groupby("seed")["final_test_acc"].mean()
-        if len(picked) < 2:
+    for (arch, level), _ in ok.groupby(["arch", "sparsity_level"], sort=True):
+        best = best_configs(ok[ok["arch"] == arch], level)
+        picked = {m: _picked_seeds(ok, best, m) for m in (first, second)}
+        if any(p is None for p in picked.values()):
             continue
-        pairs = pd.concat(picked, axis=1, join="inner").dropna()
+        pairs = pd.concat({m: p["final_test_acc"] for m, p in picked.items()}, axis=1, join="inner").dropna()
         diff = (pairs[first] - pairs[second]).to_numpy(float)
-        rows.append({"arch": arch, "target_sparsity": sparsity, "comparison": f"{first} - {second}",
-                     "split": "test", "n_pairs": len(diff), "seeds": ",".join(str(s) for s in pairs.index),
-                     **_paired_stats(diff)})
-    cols = ["arch", "target_sparsity", "comparison", "split", "n_pairs", "seeds", "mean_diff", "ci95_lo",
-            "ci95_hi", "p_value", "note"]
+        rows.append({"arch": arch, "sparsity_level": level,
+                     **{f"achieved_sparsity_{m}": float(picked[m]["achieved_sparsity"].mean()) for m in picked},
+                     "comparison": f"{first} - {second}", "split": "test", "n_pairs": len(diff),
+                     "seeds": ",".join(str(s) for s in pairs.index), **_paired_stats(diff)})
+    cols = ["arch", "sparsity_level", f"achieved_sparsity_{first}", f"achieved_sparsity_{second}", "comparison",
+            "split", "n_pairs", "seeds", "mean_diff", "ci95_lo", "ci95_hi", "p_value", "note"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -189,19 +401,24 @@ def _paired_stats(diff: np.ndarray) -> dict:
 
 
 def accounting(trials: pd.DataFrame) -> pd.DataFrame:
-    """Sweep accounting per (arch, method): trials run, ok, diverged, failed, stopped early (ASHA), compute
-    seconds (sum of wall times)."""
+    """Sweep accounting per (arch, method): trial rows, how many ended ok, diverged, failed, stopped (early,
+    by the scheduler), ``other`` (any status outside those four, so the counts always add up to ``trials``),
+    and compute seconds (sum of wall times)."""
+    cols = [*GROUP, "trials", *STATUSES, "other", "compute_s"]
     if trials.empty:
-        return pd.DataFrame(columns=[*GROUP, "trials", "ok", "diverged", "failed", "stopped", "compute_s"])
-    out = trials.groupby(list(GROUP), sort=True).agg(
-        trials=("trial_id", "nunique"), ok=("status", lambda s: int((s == "ok").sum())),
-        diverged=("status", lambda s: int((s == "diverged").sum())),
-        failed=("status", lambda s: int((s == "failed").sum())),
-        stopped=("status", lambda s: int((s == "stopped").sum())), compute_s=("wall_time_s", "sum"))
-    return out.reset_index()
+        return pd.DataFrame(columns=cols)
+    counts = pd.crosstab([trials[c] for c in GROUP], trials["status"].fillna("")).reindex(
+        columns=list(STATUSES), fill_value=0)
+    out = counts.assign(trials=trials.groupby(list(GROUP)).size(),
+                        compute_s=trials.groupby(list(GROUP))["wall_time_s"].sum())
+    out["other"] = out["trials"] - out[list(STATUSES)].sum(axis=1)
+    return out.reset_index()[cols].rename_axis(columns=None)
 
 
 def diverged_trials(trials: pd.DataFrame) -> pd.DataFrame:
-    """Every trial that did not finish ok, with its configuration and error, so none vanish silently."""
-    cols = [*GROUP, "trial_id", "seed", "status", "error", "target_sparsity", "lr", "rho", "epochs_run"]
-    return trials[trials["status"] != "ok"][cols].sort_values([*GROUP, "trial_id"]).reset_index(drop=True)
+    """Every trial that did not finish ok, with its comparison level, the hyperparameters that vary in the
+    sweep, and its error, so none vanish silently."""
+    rows = annotate(trials[trials["status"] != "ok"])
+    cols = [*GROUP, "trial_id", "seed", "status", "error", "sparsity_level", "target_sparsity",
+            *[c for c in varying_hyperparameters(trials) if c != "target_sparsity"], "config", "epochs_run"]
+    return rows.reindex(columns=cols).sort_values([*GROUP, "trial_id"]).reset_index(drop=True)

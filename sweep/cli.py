@@ -15,6 +15,7 @@ Experiment folder ``<storage>/<name>``: Tune's state, ``optuna.journal`` (one st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -78,18 +79,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fix any TrialConfig field, e.g. --set batch_size=64")
     add_cluster_options(run)
     run.add_argument("--name", default=None, help="experiment name (default: <space>-<timestamp>)")
-    res = sub.add_parser("resume", help="continue an interrupted sweep")
+    res = sub.add_parser("resume", help="continue an interrupted sweep, the way it ran (local or on the "
+                                        "cluster, same resources) unless told otherwise")
     res.add_argument("name", help="the experiment's --name (a folder in --storage)")
-    add_cluster_options(res)
+    add_cluster_options(res, resume=True)
     sub.add_parser("spaces", help="list the built-in spaces and their ranges")
     return p
 
 
-def add_cluster_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--local", action="store_true", help="start Ray on this machine (else join the cluster)")
+def add_cluster_options(p: argparse.ArgumentParser, resume: bool = False) -> None:
+    """Where trials run. On resume every default is None: what is not given is what the sweep ran with."""
+    was = " [default: as the sweep ran]" if resume else ""
+    p.add_argument("--local", action="store_true", default=None if resume else False,
+                   help="start Ray on this machine (else join the running cluster)" + was)
+    if resume:
+        p.add_argument("--cluster", dest="local", action="store_false", default=None,
+                       help="join the running Ray cluster, also for a sweep that ran with --local")
     p.add_argument("--gpus-per-trial", type=float, default=None,
-                   help="fractions allowed (0.25: four trials share a GPU); default 0.25 where there are GPUs, else 0")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs Ray reserves per trial [default: 1]")
+                   help="GPUs per trial, fractions allowed (0.25: four trials share a GPU)"
+                   + (was if resume else " [default: 0.25 where there are GPUs, else 0]"))
+    p.add_argument("--cpus-per-trial", type=float, default=None if resume else 1.0,
+                   help="CPUs Ray reserves per trial" + (was if resume else " [default: 1]"))
     p.add_argument("--storage", default="./experiments", help="a path (made absolute) or s3:// gs:// URI")
 
 
@@ -414,7 +424,12 @@ def resume(args: argparse.Namespace, write: Callable[[str], None]) -> str:
     if raw is None:
         raise UsageError("name", f"no sweep {args.name!r} in {storage} (no {OPTIONS_FILE})")
     options = json.loads(raw)
-    init_ray(args.local)
+    # what the resume command gives wins; what it does not give is what the sweep ran with
+    for key in ("local", "gpus_per_trial", "cpus_per_trial"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    init_ray(bool(options.get("local")))
+    check_resources(options["cpus_per_trial"], options["gpus_per_trial"], local=bool(options.get("local")))
     space = without_params(sp.load_space(options["space"]), set(parse_set(options["set"])))
     from .searcher import tune_trial_ids
 
@@ -444,14 +459,15 @@ def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str
     ctx = TrialContext(experiment=experiment, name=name, space=space.name, dense_actor=actor_name)
     trainable = tune.with_resources(tune.with_parameters(sweep_trainable, data=splits, context=ctx),
                                     {"cpu": options["cpus_per_trial"], "gpu": options["gpus_per_trial"]})
-    callbacks = [EndWriter(ctx), LiveTable()]
+    total = len(options["archs"]) * len(space.methods) * (1 if space.grid else options["trials"]) * options["seeds"]
+    callbacks = [EndWriter(ctx), LiveTable(total=total)]
     if resume:
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
     else:
         studies = [StudySpec(f"{arch}-{m}", {**base, "arch": arch, "method": m},
                              functools.partial(sp.suggest, space=space, method=m),
                              ("final_val_acc", "achieved_sparsity") if space.searches_sparsity(m)
-                             else ("final_val_acc",))
+                             else ("final_val_acc",), study_attrs(space, arch, m, base))
                    for arch in options["archs"] for m in space.methods]
         trials = 1 if space.grid else options["trials"]
         searcher = MultiStudySearcher(experiment_path(experiment, JOURNAL), studies, trials=trials,
@@ -479,10 +495,77 @@ def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str
                 failure_config=tune.FailureConfig(max_failures=options["max_failures"]),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
-    tuner.fit()
+    with interruptible() as interrupted:
+        tuner.fit()
     del dense_store
+    if interrupted.is_set():
+        raise Interrupted(name, storage)
     write(summarize(experiment))
     return experiment
+
+
+def study_attrs(space: sp.Space, arch: str, method: str, base: dict[str, Any]) -> dict[str, Any]:
+    """What a study is, as Optuna user attributes (optuna-dashboard shows them): the space and its searched
+    ranges, arch, method, and the dense recipe every trial of the study starts from."""
+    from trainables.config import dense_fields
+
+    cfg = TrialConfig.from_dict({**base, "arch": arch, "method": method})
+    flat = cfg.to_dict()
+    return {"space": space.name, "space_description": space.description, "arch": arch, "method": method,
+            "searched": {k: d.describe() for k, d in space.params_for(method).items()},
+            "dense_recipe": {k: flat[k] for k in dense_fields() if k not in ("seed",)},
+            "epochs": {"dense": cfg.dense.dense_epochs, "sparsify": cfg.train.sparsify_epochs,
+                       "finetune": cfg.train.finetune_epochs}}
+
+
+class Interrupted(Exception):
+    """The sweep was stopped by Ctrl-C after Tune saved its state; ``command`` continues it."""
+
+    def __init__(self, name: str, storage: str):
+        default = os.path.abspath("./experiments")
+        where = "" if storage == default else f" --storage {storage}"
+        self.command = f"python -m sweep resume {name}{where}"
+        super().__init__(self.command)
+
+
+class _HideTuneRestoreHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()  # ours is `python -m sweep resume NAME`
+
+
+@contextlib.contextmanager
+def interruptible():
+    """Ctrl-C stops the sweep cleanly: the first one asks Tune to stop and save its state (through Tune's
+    SIGUSR1 handler), a second one interrupts at once. Yields an Event that is set when it was interrupted.
+    Only in the main thread (signals cannot be handled elsewhere)."""
+    import signal
+    import threading
+
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+
+    def on_sigint(sig, frame):
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+        os.kill(os.getpid(), signal.SIGUSR1)  # Tune's own graceful stop: checkpoint, then fit() returns
+
+    old_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # SIGINT is ours; Tune keeps SIGUSR1
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    hint = _HideTuneRestoreHint()
+    logging.getLogger("ray.tune.tune").addFilter(hint)
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        logging.getLogger("ray.tune.tune").removeFilter(hint)
+        if old_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = old_env
 
 
 def trial_dirname(trial) -> str:
@@ -502,13 +585,15 @@ def summarize(experiment: str) -> str:
         trials = pd.read_parquet(base, filesystem=fs)
     except (FileNotFoundError, OSError, ValueError):
         return f"no trial results in {experiment}"
-    lines = [f"{'study':32} {'ok':>4} {'div':>4} {'fail':>4} {'best final_val_acc':>20}"]
+    from .outcome import STATUSES
+
+    lines = [f"{'study':32} " + " ".join(f"{s:>8}" for s in STATUSES) + f" {'best final_val_acc':>20}"]
     trials["study"] = trials["study"].fillna("")
     for study, g in trials.groupby("study"):
         best = g.loc[g["status"] == "ok", "final_val_acc"].max()
         n = g["status"].value_counts()
-        lines.append(f"{study:32} {n.get('ok', 0):4d} {n.get('diverged', 0):4d} {n.get('failed', 0):4d} "
-                     f"{best if not (isinstance(best, float) and math.isnan(best)) else float('nan'):20.4f}")
+        lines.append(f"{study:32} " + " ".join(f"{n.get(s, 0):8d}" for s in STATUSES)
+                     + f" {best if not (isinstance(best, float) and math.isnan(best)) else float('nan'):20.4f}")
     lines.append(f"results: {experiment_path(experiment, 'results')}")
     if "://" in experiment:
         lines.append(f"report:  copy {experiment.partition('?')[0]} to a local folder (aws s3 sync / gsutil rsync), "
@@ -534,4 +619,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (Interrupted, KeyboardInterrupt) as e:
+        command = e.command if isinstance(e, Interrupted) else "python -m sweep resume NAME"
+        print(f"\ninterrupted: the sweep stopped; finished trials are kept. Continue it with:\n  {command}",
+              file=sys.stderr)
+        return 130
     return 0

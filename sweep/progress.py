@@ -31,6 +31,8 @@ from typing import Any, Callable
 
 from ray import tune
 
+from .outcome import STATUSES, trial_status
+
 _LOG = "sweep.progress"
 _HOME_AND_CLEAR = "\x1b[H\x1b[2J"  # cursor to the top left, clear the screen
 
@@ -38,16 +40,6 @@ _HOME_AND_CLEAR = "\x1b[H\x1b[2J"  # cursor to the top left, clear the screen
 def study_of(config: dict) -> str:
     """The study a trial belongs to: ``_study`` from our searcher, else ``<arch>-<method>``."""
     return config.get("_study") or f"{config.get('arch')}-{config.get('method')}"
-
-
-def outcome(result: dict | None, errored: bool) -> str:
-    """A finished trial's status for the table: ok | diverged | stopped | failed."""
-    if errored:
-        return "failed"
-    result = result or {}
-    if not result.get("trial_done"):
-        return "stopped"
-    return str(result.get("status") or "ok")
 
 
 def _number(value: Any) -> float | None:
@@ -84,13 +76,14 @@ class LiveTable(tune.Callback):
     HEADER = f"{'trial':9} {'study':28} {'seed':>4} {'phase':9} {'epoch':>5} {'val_acc':>7} status"
 
     def __init__(self, interval_s: float = 10.0, max_rows: int = 20, *,
-                 clock: Callable[[], float] = time.monotonic, redraw: bool | None = None):
+                 clock: Callable[[], float] = time.monotonic, redraw: bool | None = None, total: int = 0):
         if interval_s < 0 or max_rows < 1:
             raise ValueError(f"interval_s must be >= 0 and max_rows >= 1 (got {interval_s}, {max_rows})")
         self.interval_s = interval_s
         self.max_rows = max_rows
         self.clock = clock
         self.redraw = redraw
+        self.total = total  # trials the sweep will run (0: unknown, no ETA)
         self.rows: dict[str, dict[str, Any]] = {}  # trial id -> row; insertion order = first seen
         self.finished_order: list[str] = []  # trial ids, in the order they finished
         self.best: dict[str, tuple[float, str]] = {}  # study -> (final_val_acc, trial id), ok trials only
@@ -142,7 +135,7 @@ class LiveTable(tune.Callback):
     def _finish(self, trials, trial, *, errored: bool) -> None:
         row = self._see(trials, trial)
         result = trial.last_result or {}
-        row["status"] = outcome(result, errored)
+        row["status"] = trial_status(result, errored)
         if not errored:
             row.update(phase=result.get("phase", row["phase"]), epoch=result.get("epoch", row["epoch"]),
                        val_acc=result.get("final_val_acc", result.get("val_acc", row["val_acc"])))
@@ -161,13 +154,13 @@ class LiveTable(tune.Callback):
         """The current block as text (no ANSI codes); ``now`` from ``clock`` for the elapsed time."""
         now = self.clock() if now is None else now
         finished = [self.rows[i] for i in self.finished_order]
-        by_outcome = {k: sum(r["status"] == k for r in finished) for k in ("ok", "diverged", "failed", "stopped")}
+        by_outcome = {k: sum(r["status"] == k for r in finished) for k in STATUSES}
         running = [r for r in self.rows.values() if r["status"] == "RUNNING"]
         pending = self.tune_counts.get("PENDING", 0)
         elapsed = _duration(now - self.started_at) if self.started_at is not None else "0m00s"
-        lines = [f"sweep: {len(running)} running, {pending} pending, {len(finished)} finished "
-                 f"({by_outcome['ok']} ok, {by_outcome['diverged']} diverged, {by_outcome['failed']} failed, "
-                 f"{by_outcome['stopped']} stopped), {elapsed}",
+        counts = ", ".join(f"{by_outcome[k]} {k}" for k in STATUSES)
+        lines = [f"sweep: {len(running)} running, {pending} pending, {len(finished)} finished ({counts}), "
+                 f"{elapsed}{self._eta(now, len(finished))}",
                  self.HEADER]
         shown = running[:self.max_rows]
         shown += list(reversed(finished))[:self.max_rows - len(shown)]
@@ -181,6 +174,15 @@ class LiveTable(tune.Callback):
             acc, trial_id = self.best.get(study, (None, ""))
             lines.append(f"  {study:32} {_acc(acc):>7}  {trial_id:8}  ({self.ok_per_study.get(study, 0)} ok)")
         return "\n".join(lines)
+
+    def _eta(self, now: float, finished: int) -> str:
+        """", about Xm left" from the pace of the trials finished so far (empty until one has finished)."""
+        if not self.total or not finished or self.started_at is None:
+            return ""
+        left = max(self.total - finished, 0)
+        if left == 0:
+            return ", done"
+        return f", about {_duration((now - self.started_at) / finished * left)} left ({finished}/{self.total})"
 
     @staticmethod
     def _row(r: dict[str, Any]) -> str:

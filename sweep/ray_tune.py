@@ -25,6 +25,7 @@ from trainables import schema
 from trainables.config import TrialConfig
 from trainables.schema import read_bytes, write_bytes
 
+from .outcome import trial_status
 from .searcher import META_KEYS
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,7 @@ class EndWriter(tune.Callback):
         self._write(trial, "failed", read_error(str(trial.error_file or "error")))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        if not (trial.last_result or {}).get("trial_done"):
+        if trial_status(trial.last_result, False) == "stopped":
             self._write(trial, "stopped", "stopped early by the scheduler")
 
     def _write(self, trial, status: str, error: str) -> None:

@@ -21,12 +21,14 @@ import logging
 import os
 import posixpath
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
+
+from .outcome import trial_status
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class StudySpec:
     fixed: dict[str, Any]  # arch, method, epochs, dataset, --set values ...
     ask: Callable[[optuna.Trial], dict[str, Any]]  # suggest the searched parameters (sweep.spaces.suggest)
     objectives: tuple[str, ...]  # result keys, maximised: ("final_val_acc",) or (+ "achieved_sparsity")
+    attrs: dict[str, Any] = field(default_factory=dict)  # study user attributes (space, arch, method, recipe)
 
 
 class MultiStudySearcher(Searcher):
@@ -80,9 +83,15 @@ class MultiStudySearcher(Searcher):
         self._open()
 
     def _open_study(self, spec: StudySpec) -> optuna.Study:
-        return optuna.create_study(storage=self.storage, study_name=spec.name, load_if_exists=True,
-                                   directions=["maximize"] * len(spec.objectives),
-                                   sampler=make_sampler(self.sampler, len(spec.objectives)))
+        study = optuna.create_study(storage=self.storage, study_name=spec.name, load_if_exists=True,
+                                    directions=["maximize"] * len(spec.objectives),
+                                    sampler=make_sampler(self.sampler, len(spec.objectives)))
+        if study.metric_names is None:  # named once: optuna-dashboard labels the objectives with them
+            study.set_metric_names(list(spec.objectives))
+        for key, value in spec.attrs.items():
+            if study.user_attrs.get(key) != value:
+                study.set_user_attr(key, value)
+        return study
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:
         self.max_concurrent = max_concurrent
@@ -197,16 +206,15 @@ class MultiStudySearcher(Searcher):
 
 
 def classify(result: dict | None, error: bool, objectives: tuple[str, ...]) -> dict:
-    """One Ray trial's outcome: ok with objective values, pruned (stopped early), or fail."""
-    if error or result is None:
-        return {"state": "fail", "why": "error"}
-    if result.get("status") == "diverged":
-        return {"state": "fail", "why": "diverged"}
-    if not result.get("trial_done"):
+    """What Optuna is told of one Ray trial: ok with objective values, pruned (stopped), or fail."""
+    status = trial_status(result, error)
+    if status == "stopped":
         return {"state": "pruned"}
+    if status != "ok":
+        return {"state": "fail", "why": status}
     values = [result.get(k) for k in objectives]
-    if result.get("status") != "ok" or any(v is None for v in values):
-        return {"state": "fail", "why": f"status {result.get('status')!r}, objectives {values}"}
+    if any(v is None for v in values):
+        return {"state": "fail", "why": f"status ok without objectives {values}"}
     return {"state": "ok", "values": [float(v) for v in values]}
 
 

@@ -21,30 +21,47 @@ import pytest
 from scipy import stats
 
 from trainables import schema
+from trainables.config import TrialConfig
 
 ARCH = "mobilenet_v2"
 SEEDS = (0, 1, 2)
+CONTROL = {0: 0.91, 1: 0.92, 2: 0.94}  # the dense control's accuracy per seed in the `experiment` fixture
 
 
-def _trial_rows(tid, method, seed, sparsity, lr, status="ok", rng=None):
-    """Rows of the four tables for one synthetic trial; accuracies depend on config and seed."""
+def _hyperparameters(method, sparsity, lr, **over):
+    """Every hyperparameter column, from a real TrialConfig (the other method's fields null)."""
+    cfg = TrialConfig.from_dict({"method": method, "sparsity": sparsity, "lr": lr, "dense_epochs": 1,
+                                 "sparsify_epochs": 2, "finetune_epochs": 1, "admm_interval": 1, **over})
+    return {k: v for k, v in cfg.hyperparameters().items() if k in schema.HYPERPARAMETERS}
+
+
+def _trial_rows(tid, method, seed, sparsity, lr, status="ok", rng=None, arch=ARCH, target=None, control=None,
+                dense=None, **over):
+    """Rows of the four tables for one synthetic trial; accuracies depend on config and seed.
+
+    ``target``: the set's exact target sparsity (default: the nominal ``sparsity``); ``control``: the dense
+    control's accuracy in this row (default NaN: another trial of the (arch, seed) carries it); ``dense``:
+    the dense-start accuracy (default: from the config); ``over``: other hyperparameters."""
     rng = rng or np.random.default_rng(hash((tid,)) % 2**32)
     base = 0.6 + 0.1 * (method == "admm") - 0.2 * sparsity + 0.05 * math.log10(lr / 1e-4) + 0.01 * seed
     accs = {}
     for i, stage in enumerate(("dense", "pre_prune", "post_prune", "post_prune_stale_bn", "final")):
         for split in ("val", "test"):
             accs[f"{stage}_{split}_acc"] = float(np.clip(base - 0.02 * i + rng.normal(0, 0.01), 0, 1))
+    for split in ("val", "test"):
+        accs[f"control_{split}_acc"] = math.nan if control is None else control
+        if dense is not None:
+            accs[f"dense_{split}_acc"] = dense
     if status != "ok":
         accs = {k: (math.nan if "final" in k else v) for k, v in accs.items()}
-    summary = dict(experiment="exp", trial_id=tid, study=f"{ARCH}-{method}", optuna_trial=0, space="compare",
+    target = sparsity if target is None else target
+    summary = dict(experiment="exp", trial_id=tid, study=f"{arch}-{method}", optuna_trial=0, space="compare",
                    seed=seed, status=status, error="" if status == "ok" else "loss became nan",
-                   sparsity_set="uniform", schedule="" if method == "admm" else "per_step",
-                   target_sparsity=sparsity, lr=lr, rho=0.01 if method == "admm" else math.nan, rho_growth=1.0,
-                   admm_interval=1, optimizer="adam", dense_epochs=1, sparsify_epochs=2, finetune_epochs=1,
-                   dense_key="k", achieved_sparsity=sparsity, total_params=1000,
-                   nonzero_params=int(1000 - 900 * sparsity), prunable_params=900,
-                   prunable_nonzero=int(900 * (1 - sparsity)), dense_macs=5000,
-                   nonzero_macs=int(5000 * (1 - sparsity)), epochs_run=4, wall_time_s=10.0 + seed,
+                   **_hyperparameters(method, sparsity, lr, **over), target_sparsity=target,
+                   dense_key=f"{arch}-s{seed}", control_key=f"control-{arch}-s{seed}", achieved_sparsity=target,
+                   total_params=1000, nonzero_params=int(1000 - 900 * target), prunable_params=900,
+                   prunable_nonzero=int(900 * (1 - target)), dense_macs=5000,
+                   nonzero_macs=int(5000 * (1 - target)), epochs_run=4, wall_time_s=10.0 + seed,
                    device="cpu", config_json="{}", provenance_json="{}", **accs)
     epochs = []
     for e, phase in enumerate(("dense", "sparsify", "sparsify", "finetune"), start=1):
@@ -67,8 +84,8 @@ def _trial_rows(tid, method, seed, sparsity, lr, status="ok", rng=None):
     return {"trials": [summary], "epochs": epochs, "layers": layers, "weights": weights}
 
 
-def write_trial(root, tid, method, seed, sparsity, lr, status="ok", arch=ARCH):
-    for name, rows in _trial_rows(tid, method, seed, sparsity, lr, status).items():
+def write_trial(root, tid, method, seed, sparsity, lr, status="ok", arch=ARCH, **kw):
+    for name, rows in _trial_rows(tid, method, seed, sparsity, lr, status, arch=arch, **kw).items():
         schema.write_trial_table(str(root), name, rows, arch=arch, method=method, trial_id=tid)
 
 
@@ -81,7 +98,10 @@ def experiment(tmp_path_factory):
         for sparsity in (0.5, 0.8):
             for lr in (1e-4, 1e-3):
                 for seed in SEEDS:
-                    write_trial(root, f"t{n:03d}", method, seed, sparsity, lr)
+                    # the first trial of each seed built the dense control; the others' rows lack it
+                    first = (method, sparsity, lr) == ("admm", 0.5, 1e-4)
+                    write_trial(root, f"t{n:03d}", method, seed, sparsity, lr,
+                                control=CONTROL[seed] if first else None)
                     n += 1
     write_trial(root, "tdiv", "admm", 0, 0.5, 10.0, status="diverged")
     return root
@@ -120,16 +140,20 @@ def _hand_best(rows, method, sparsity):
 def test_comparison_table_matches_hand_computation(experiment):
     from analysis import comparison_table, load_tables
 
-    table = comparison_table(load_tables(str(experiment)).trials, 0.5)
+    full = comparison_table(load_tables(str(experiment)).trials, 0.5)
+    table = full[full["row"] == "pruned"]
     rows = _hand_trials(experiment)
-    assert len(table) == 2
+    assert len(table) == 2 and len(full) == 3  # and one dense control row
     for method in ("admm", "magnitude"):
         best = _hand_best(rows, method, 0.5)
         got = table[table["method"] == method].iloc[0]
         for stage in ("dense", "pre_prune", "post_prune", "post_prune_stale_bn", "final"):
             vals = [r[f"{stage}_test_acc"] for r in best]
-            assert got[f"{stage}_test_acc_mean"] == pytest.approx(np.mean(vals))
-            assert got[f"{stage}_test_acc_std"] == pytest.approx(np.std(vals, ddof=1))
+            column = "dense_start" if stage == "dense" else stage  # the dense phase's end, not the control
+            assert got[f"{column}_test_acc_mean"] == pytest.approx(np.mean(vals))
+            assert got[f"{column}_test_acc_std"] == pytest.approx(np.std(vals, ddof=1))
+        # each seed's control comes from the one row of its (arch, seed, control_key) that carries it
+        assert got["control_test_acc_mean"] == pytest.approx(np.mean([CONTROL[r["seed"]] for r in best]))
         assert got["n_seeds"] == 3
         assert got["trial_ids"] == ",".join(sorted(r["trial_id"] for r in best))
         assert got["reported_on"] == "test" and got["selected_on"].startswith("val")
@@ -143,7 +167,7 @@ def test_no_trial_at_the_requested_sparsity_gives_empty_tables_not_an_error(expe
 
     trials = load_tables(str(experiment)).trials
     assert comparison_table(trials, 0.33).empty and best_hyperparameters(trials, 0.33).empty
-    assert len(comparison_table(trials, 0.5)) == 2  # the same trials at a sparsity they have
+    assert len(comparison_table(trials, 0.5).query("row == 'pruned'")) == 2  # the same trials at a level they have
     # figures fall back to each method's best configuration at any sparsity instead of going blank
     from analysis.plots import best_trial_ids
 
@@ -168,12 +192,12 @@ def test_paired_comparison_matches_scipy(experiment):
 
     table = paired_comparison(load_tables(str(experiment)).trials)
     rows = _hand_trials(experiment)
-    assert sorted(table["target_sparsity"]) == [0.5, 0.8]
+    assert sorted(table["sparsity_level"]) == [0.5, 0.8]
     for sparsity in (0.5, 0.8):
         a = {r["seed"]: r["final_test_acc"] for r in _hand_best(rows, "admm", sparsity)}
         m = {r["seed"]: r["final_test_acc"] for r in _hand_best(rows, "magnitude", sparsity)}
         diff = np.array([a[s] - m[s] for s in sorted(a)])
-        got = table[table["target_sparsity"] == sparsity].iloc[0]
+        got = table[table["sparsity_level"] == sparsity].iloc[0]
         assert got["n_pairs"] == 3
         assert got["mean_diff"] == pytest.approx(diff.mean())
         assert got["p_value"] == pytest.approx(stats.ttest_rel([a[s] for s in sorted(a)],
@@ -210,6 +234,7 @@ def test_pareto_front_is_non_dominated_with_dense_control(experiment):
     front = pareto_front(load_tables(str(experiment)).trials)
     control = front[front["row"] == "control"]
     assert len(control) == 1 and control["nonzero_params"].iloc[0] == 1000
+    assert control["final_test_acc"].iloc[0] == pytest.approx(np.mean(list(CONTROL.values())))
     for method, rows in front[front["row"] == "pareto"].groupby("method"):
         pts = rows[["achieved_sparsity", "final_val_acc"]].to_numpy()
         for s, a in pts:  # no front point dominates another
@@ -243,15 +268,20 @@ def test_cli_writes_every_output_and_leaves_experiment_unchanged(experiment, cli
     proc, out, before = cli_report
     assert proc.returncode == 0, proc.stderr
     assert _hash_tree(experiment) == before
-    for name in ("comparison", "best_hyperparameters", "pareto", "paired", "accounting", "not_ok"):
+    for name in ("comparison", "best_hyperparameters", "fixed_hyperparameters", "pareto", "paired", "accounting",
+                 "not_ok"):
         assert os.path.getsize(out / "tables" / f"{name}.csv") > 0
         assert "\\begin{tabular}" in (out / "tables" / f"{name}.tex").read_text()
-    for name in ("curves", "weights", "sparsity", "admm", "importance"):
+    for name in ("curves", "weights", "sparsity", "admm"):
         assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert b"<svg" in (out / "figures" / f"{name}.svg").read_bytes()[:400]
+    # no Optuna storage in this experiment: no importance figure, words instead
+    assert not (out / "figures" / "importance.png").exists()
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5 and "src='http" not in html
-    assert "tdiv" in (out / "report.md").read_text()  # the diverged trial is listed
+    assert html.count("data:image/png;base64,") == 4 and "src='http" not in html
+    markdown = (out / "report.md").read_text()
+    assert "tdiv" in markdown  # the diverged trial is listed
+    assert "No hyperparameter importance figure" in markdown and "no local Optuna storage" in markdown
 
 
 def test_analysis_imports_neither_torch_nor_ray():
@@ -347,9 +377,9 @@ def test_importance_from_optuna_journal(tmp_path):
     study.optimize(lambda t: (math.log10(t.suggest_float("lr", 1e-4, 1e-2, log=True))
                               + 0.0 * t.suggest_float("rho", 0, 1), 0.5), n_trials=12)
     before = _hash_tree(tmp_path)
-    imp = importance_data([str(tmp_path)])
-    assert set(imp[f"{ARCH}-admm"]) == {"lr", "rho"}
-    assert imp[f"{ARCH}-admm"]["lr"] > imp[f"{ARCH}-admm"]["rho"]
+    imp = importance_data([str(tmp_path)]).studies[f"{ARCH}-admm"].importances
+    assert set(imp) == {"lr", "rho"}
+    assert imp["lr"] > imp["rho"]
     assert _hash_tree(tmp_path) == before
 
 
@@ -362,7 +392,7 @@ def test_html_report_renders_in_chromium(cli_report, tmp_path):
     proc, out, _ = cli_report
     assert proc.returncode == 0, proc.stderr
     widths = browser.image_widths(str(out / "report.html"))
-    assert len(widths) == 5 and all(w > 100 for w in widths), widths
+    assert len(widths) == 4 and all(w > 100 for w in widths), widths
     shot = tmp_path / "report.png"
     browser.screenshot(str(out / "report.html"), str(shot))
     assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
@@ -388,7 +418,7 @@ def test_partial_multi_arch_sweep_with_sqlite_storage(tmp_path, tmp_path_factory
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     study = optuna.create_study(study_name="mobilenet_v3_small-magnitude", storage=storage, direction="maximize",
                                 sampler=optuna.samplers.RandomSampler(seed=0))
-    study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-2) + 0.0 * t.suggest_int("k", 1, 3), n_trials=6)
+    study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-2) + 0.0 * t.suggest_int("k", 1, 3), n_trials=12)
     del study
     before = _hash_tree(tmp_path)
     out = tmp_path_factory.mktemp("partial_report")
@@ -396,10 +426,10 @@ def test_partial_multi_arch_sweep_with_sqlite_storage(tmp_path, tmp_path_factory
     assert proc.returncode == 0, proc.stderr
     assert _hash_tree(tmp_path) == before
     comparison = (out / "tables" / "comparison.csv").read_text().splitlines()
-    assert len(comparison) == 1 + 3  # (v2, admm), (v2, magnitude), (v3_small, magnitude)
+    assert len(comparison) == 1 + 3 + 2  # (v2, admm), (v2, magnitude), (v3_small, magnitude), a control per arch
     paired = (out / "tables" / "paired.csv").read_text().splitlines()
     assert len(paired) == 2 and paired[1].startswith(ARCH)  # v3_small has no ADMM partner yet
     from analysis import importance_data
 
-    assert set(importance_data([str(tmp_path)])["mobilenet_v3_small-magnitude"]) == {"lr", "k"}
+    assert set(importance_data([str(tmp_path)]).studies["mobilenet_v3_small-magnitude"].importances) == {"lr", "k"}
     assert _hash_tree(tmp_path) == before

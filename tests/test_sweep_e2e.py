@@ -66,8 +66,19 @@ def test_compare_space_two_studies_multiobjective_dense_built_once(tmp_path):
         assert len(study.directions) == 2  # final_acc and sparsity: a Pareto front
         assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     builds = json.load(open(os.path.join(exp, "dense", "builds.json")))
-    assert list(builds.values()) == [1], builds  # one dense key (same arch/seed/recipe), built once for 4 trials
+    # one dense key (same arch/seed/recipe) and its dense control, each built once for 4 trials
+    assert sorted(builds) == sorted({trials["dense_key"].iloc[0], trials["control_key"].iloc[0]}), builds
+    assert list(builds.values()) == [1, 1], builds
     assert trials["dense_key"].nunique() == 1
+    assert trials["control_val_acc"].notna().any()  # the trial that built or read the control has it
+    # the journal reads well in optuna-dashboard: named objectives, what each study is
+    for name in ("mobilenet_v2-admm", "mobilenet_v2-magnitude"):
+        study = optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(os.path.join(exp, "optuna.journal"))))
+        assert study.metric_names == ["final_val_acc", "achieved_sparsity"]
+        attrs = study.user_attrs
+        assert attrs["space"] == "compare" and attrs["arch"] == "mobilenet_v2" and attrs["method"] in name
+        assert attrs["dense_recipe"]["dense_epochs"] == 1 and "lr" in attrs["searched"]
 
 
 def test_diverged_trials_end_diverged_and_fail_in_optuna(tmp_path):
@@ -103,7 +114,8 @@ def test_resume_after_sigkill_finishes_exactly_the_planned_trials(tmp_path):
     assert sorted(t.user_attrs["ray_trial_0"] for t in study.trials) == sorted(trials["trial_id"])
     assert sorted(trials["optuna_trial"]) == [0, 1, 2]
     builds = json.load(open(exp / "dense" / "builds.json"))
-    assert list(builds.values()) == [1], builds  # the persisted dense model was reused after the kill
+    # the persisted dense model and dense control were reused after the kill
+    assert list(builds.values()) == [1, 1], builds
 
 
 def test_seed_space_grid_over_archs_and_methods_with_seed_means(tmp_path):
@@ -112,13 +124,14 @@ def test_seed_space_grid_over_archs_and_methods_with_seed_means(tmp_path):
     trials = check_rows(exp, 3 * 2 * 2)
     assert set(trials["status"]) == {"ok"}
     assert sorted(trials.groupby(["arch", "method"]).size().to_dict().values()) == [2] * 6
-    assert (trials["target_sparsity"] == 0.5).all() and (trials["lr"] == 1e-3).all()
+    assert (trials["sparsity"] == 0.5).all() and (trials["lr"] == 1e-3).all()
+    assert ((trials["target_sparsity"] - 0.5).abs() < 0.01).all()
     assert (trials.loc[trials["method"] == "admm", "rho"] == 0.01).all()
     # the driver loaded the dataset once and handed it to every trial through the object store
     assert {json.loads(p)["data"] for p in trials["provenance_json"]} == {"given"}
     # one dense model per (arch, seed), built once and shared by both methods
     builds = json.load(open(os.path.join(exp, "dense", "builds.json")))
-    assert len(builds) == 6 and set(builds.values()) == {1}, builds
+    assert len(builds) == 12 and set(builds.values()) == {1}, builds  # dense models and their controls
     assert (trials.groupby(["arch", "seed"])["dense_key"].nunique() == 1).all()
     dense = trials.groupby(["arch", "seed"])["dense_val_acc"].nunique()
     assert (dense == 1).all()  # both methods start from the same dense weights
@@ -174,3 +187,27 @@ def test_resume_of_a_sweep_killed_during_start_up(tmp_path):
     assert sorted(t.user_attrs["ray_trial_0"] for t in study.trials) == sorted(trials["trial_id"])
     if before_tune_state:  # the orphaned first seed was handed out again under a new Ray id
         assert journal.read_text().count("ray_trial_0") == 3
+
+
+def test_ctrl_c_stops_cleanly_with_130_and_resume_runs_the_way_the_sweep_ran(tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) stops the sweep with status 130 and prints the command
+    that continues it; `python -m sweep resume NAME` as printed (no --local) resumes the --local sweep."""
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "sweep", "run", "--space", "baseline", "--local", "--trials", "3",
+                             "--max-concurrent", "1", "--storage", str(tmp_path), "--name", "i", *TINY], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    exp = tmp_path / "i"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((exp / "results" / "trials").rglob("*.parquet")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-3000:]
+    command = f"python -m sweep resume i --storage {tmp_path}"
+    assert command in err and "Tuner.restore" not in out + err, err[-3000:]
+    done_before = len(list((exp / "results" / "trials").rglob("*.parquet")))
+    assert done_before < 3, "the sweep had finished: the interrupt tested nothing"
+    r = sweep(*command.split()[3:], check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = check_rows(str(exp), 3)
+    assert set(trials["status"]) == {"ok"}

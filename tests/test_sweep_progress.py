@@ -13,7 +13,8 @@ import pickle
 import pytest
 from ray.tune.experiment import Trial
 
-from sweep.progress import LiveTable, outcome
+from sweep.outcome import trial_status as outcome
+from sweep.progress import LiveTable
 
 
 class Clock:
@@ -115,6 +116,17 @@ def test_stopped_without_final_report_is_not_scored():
     assert best_lines(text)["mobilenet_v2-admm"].split()[1] == "-"
     assert outcome({"trial_done": True, "status": "ok"}, False) == "ok"
     assert outcome(None, True) == "failed"
+    assert outcome({"trial_done": False, "status": "ok"}, False) == "stopped"
+
+
+def test_eta_from_the_pace_of_finished_trials():
+    clock = Clock()
+    sweep = Sweep(LiveTable(clock=clock, redraw=False, total=4))
+    t = sweep.start("s1", "mobilenet_v2-admm")
+    assert "left" not in sweep.table.render()  # no finished trial: no pace yet
+    clock.t += 120
+    sweep.complete(t, 0.8, done=True)
+    assert "about 6m00s left (1/4)" in sweep.table.render()
 
 
 def test_results_rate_limited_complete_and_error_always_logged(blocks):

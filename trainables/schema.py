@@ -36,6 +36,9 @@ RESULTS_DIR = "results"
 PARTITION_COLUMNS = ("arch", "method")
 
 SPLITS = ("val", "test")
+# A trial's status: ok; diverged (NaN/inf loss or weights, DESIGN rule 8); failed (an exception, after retries);
+# stopped (ended early by a scheduler such as ASHA). sweep.outcome.trial_status decides which.
+STATUSES = ("ok", "diverged", "failed", "stopped")
 
 # accuracy stages, in trial order; "control" is the dense control (DESIGN rule 11): the dense checkpoint trained
 # as many epochs more as the pruned models, with the dense recipe
@@ -60,7 +63,7 @@ TRIALS = pa.schema(
         ("optuna_trial", pa.int64()),  # Optuna trial number, -1 when none
         ("space", pa.string()),
         ("seed", pa.int64()),
-        ("status", pa.string()),  # ok | diverged | failed
+        ("status", pa.string()),  # one of STATUSES
         ("error", pa.string()),  # why a trial failed or diverged, "" when ok
     ]
     # the hyperparameters, one column per TrialConfig field (null where the other method's: rho for magnitude)
