@@ -1,4 +1,5 @@
-"""Everything that talks to Ray: the trainable, the shared dense store, callbacks, Tuner setup.
+"""What runs inside Ray: the trainable, the shared dense store (an actor), the end-writer callback. The
+Tuner is assembled in sweep.driver.
 
 The trainable wraps ``trainables.trial.run_trial`` (contract: docs/ARCHITECTURE.md): metrics and checkpoints
 leave through the ``report`` callable we give it; at the end it writes the trial's Parquet tables into
@@ -211,7 +212,8 @@ def sweep_trainable(config: dict, data: Any = None, context: TrialContext | None
         resume_from = checkpoint.to_directory(os.path.join(tmp, "resume")) if checkpoint else None
         # tables first, final report second: a scheduler may stop the trial on its final report
         run_trial(TrialConfig.from_dict(flat), data=data, report=report, resume_from=resume_from,
-                  dense_store=store, trial_id=trial_id, on_result=lambda result: result.write(
+                  dense_store=store, trial_id=trial_id, runner={"ray_node": ray.get_runtime_context().get_node_id()},
+                  on_result=lambda result: result.write(
                       context.experiment, trial_id=trial_id, experiment=context.name,
                       extra={"study": meta.get("_study", ""), "optuna_trial": int(meta.get("_optuna_trial", -1)),
                              "space": context.space}))
@@ -273,15 +275,14 @@ class EndWriter(tune.Callback):
 
 def checkpoint_epochs(trial) -> list[dict]:
     """The epoch rows saved in a trial's latest checkpoint ([] when it has none or it cannot be read)."""
-    import torch
+    from trainables.trial import checkpoint_epochs as saved_epochs
 
     checkpoint = getattr(trial, "checkpoint", None)
     if checkpoint is None:
         return []
     try:
         with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, "checkpoint.pt"), map_location="cpu", weights_only=False)
-        return list(state.get("epochs", []))
+            return saved_epochs(folder)
     except Exception:  # noqa: BLE001 - the trials row matters more than its epochs
         log.warning("could not read the epochs of stopped trial %s", trial.trial_id, exc_info=True)
         return []

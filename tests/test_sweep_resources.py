@@ -10,7 +10,8 @@ import sys
 import pytest
 import ray
 
-from sweep.cli import GPU_SHARE, UsageError, check_resources, default_gpus
+from sweep.options import UsageError
+from sweep.resources import GPU_SHARE, check_resources, default_gpus
 
 AUTOSCALER = """
 head_node_type: head

@@ -106,7 +106,7 @@ def test_default_admm_trial_updates_u_and_reports_residuals(splits):
 
 def test_sweep_space_draws_only_valid_admm_intervals(tmp_path):
     """The admm space searched admm_interval 1..3 epochs while the sweep ran 2 sparsify epochs."""
-    from sweep import cli, spaces
+    from sweep import options as cli, spaces
 
     args = cli.build_parser().parse_args(["run", "--space", "admm", "--dataset", "synthetic"])
     space, archs, base = cli.validate_run(args)
@@ -347,7 +347,7 @@ def test_sweep_bad_data_dir_exits_2(args, tmp_path):
 # ------------------------------------------------------------------ 7: ASHA max_t from the resolved config
 
 def test_asha_max_t_follows_the_resolved_config():
-    from sweep import cli, spaces
+    from sweep import options as cli, spaces
 
     space = spaces.BUILTIN["seed"]
     args = cli.build_parser().parse_args(["run", "--space", "seed", "--dataset", "synthetic", "--scheduler", "asha",
@@ -357,7 +357,7 @@ def test_asha_max_t_follows_the_resolved_config():
 
 
 def test_asha_is_refused_when_the_space_searches_an_epoch_count(tmp_path):
-    from sweep import cli
+    from sweep import options as cli
 
     path = tmp_path / "s.toml"
     path.write_text('methods = ["magnitude"]\n[params]\nsparsity = 0.5\n'

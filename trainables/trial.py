@@ -6,7 +6,6 @@ Contract in docs/ARCHITECTURE.md. Methods differ only by the PruningMethod passe
 from __future__ import annotations
 
 import contextlib
-import copy
 import fcntl
 import hashlib
 import io
@@ -242,6 +241,11 @@ def _to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
+def checkpoint_epochs(folder: str) -> list[dict]:
+    """The epoch rows saved in a checkpoint folder written by a trial's ``report`` (what it had run)."""
+    return list(torch.load(os.path.join(folder, _CKPT), map_location="cpu", weights_only=False).get("epochs", []))
+
+
 def load_checkpoint(path: str, device: torch.device | str) -> dict:
     """A checkpoint read on the CPU, every tensor but the RNG states then moved to ``device``.
 
@@ -266,9 +270,10 @@ def _set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def provenance(device: torch.device, data_given: bool = False) -> dict:
-    """Code version, package versions, host, Ray node, device name, and where the data came from
-    ("given": handed in, e.g. by a sweep's driver through the object store; "loaded": read by this trial)."""
+def provenance(device: torch.device, data_given: bool = False, runner: Mapping[str, Any] | None = None) -> dict:
+    """Code version, package versions, host, device name, where the data came from ("given": handed in, e.g.
+    by a sweep's driver through the object store; "loaded": read by this trial), and what the caller that
+    runs the trial says of itself (``runner``: a sweep gives its Ray node id)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
@@ -278,18 +283,7 @@ def provenance(device: torch.device, data_given: bool = False) -> dict:
     return {"git_commit": commit, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "python": platform.python_version(), "hostname": socket.gethostname(),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-            "ray_node": _ray_node_id(), "data": "given" if data_given else "loaded"}
-
-
-def _ray_node_id() -> str:
-    """The Ray node this runs on, "" outside Ray (imported lazily: trainables do not need Ray)."""
-    import sys
-
-    ray = sys.modules.get("ray")
-    try:
-        return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else ""
-    except Exception:  # noqa: BLE001 - provenance must never fail a trial
-        return ""
+            "ray_node": "", "data": "given" if data_given else "loaded", **(runner or {})}
 
 
 # ----------------------------------------------------------------------------------------- the trial
@@ -330,9 +324,9 @@ class _Trial:
 
     def __init__(self, cfg: TrialConfig, data: Splits, report, dense_store, trial_id: str, *,
                  data_given: bool = False, on_result: Callable[[TrialResult], None] | None = None,
-                 loaders: _Loaders | None = None):
+                 loaders: _Loaders | None = None, runner: Mapping[str, Any] | None = None):
         self.cfg, self.data, self.report, self.dense_store, self.trial_id = cfg, data, report, dense_store, trial_id
-        self.data_given, self.on_result = data_given, on_result
+        self.data_given, self.on_result, self.runner = data_given, on_result, runner
         self.device = _device(cfg)
         if cfg.run.max_threads:
             torch.set_num_threads(cfg.run.max_threads)
@@ -593,7 +587,7 @@ class _Trial:
             **sizes, "epochs_run": len(self.epochs),
             "wall_time_s": self.elapsed + time.monotonic() - self.t0, "device": str(self.device),
             "config_json": schema.dumps(cfg.to_dict()),
-            "provenance_json": schema.dumps(provenance(self.device, self.data_given)),
+            "provenance_json": schema.dumps(provenance(self.device, self.data_given, self.runner)),
         }
         weights_rows = [dict(r, seed=cfg.run.seed) for r in self.weights]
         epochs = [dict(r) for r in self.epochs]
@@ -618,7 +612,8 @@ def check_trial(cfg: TrialConfig, data: Splits) -> None:
 def run_trial(config: TrialConfig | Mapping[str, Any], *, data: Splits | None = None,
               report: Callable[[dict, str | None], None] | None = None, resume_from: str | None = None,
               dense_store: DenseStore | None = None, trial_id: str = "local",
-              on_result: Callable[[TrialResult], None] | None = None) -> TrialResult:
+              on_result: Callable[[TrialResult], None] | None = None,
+              runner: Mapping[str, Any] | None = None) -> TrialResult:
     """Run one trial (contract: docs/ARCHITECTURE.md). Raises ConfigError/DataError before any training."""
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
     cfg.validate()
@@ -626,7 +621,8 @@ def run_trial(config: TrialConfig | Mapping[str, Any], *, data: Splits | None = 
     if data is None:
         data = load_splits(cfg.data)
     check_trial(cfg, data)
-    trial = _Trial(cfg, data, report, dense_store, trial_id, data_given=data_given, on_result=on_result)
+    trial = _Trial(cfg, data, report, dense_store, trial_id, data_given=data_given, on_result=on_result,
+                   runner=runner)
     if resume_from is not None:
         trial.load(resume_from)
     return trial.run(resumed=resume_from is not None)

@@ -1,0 +1,260 @@
+"""The options of ``python -m sweep`` and their validation: bad input is a UsageError naming the option,
+before Ray starts and before anything is written. No Ray here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from trainables.config import ARCHS, DATASETS, ConfigError, TrialConfig, field_help, field_owners
+
+from . import spaces as sp
+
+JOURNAL = "optuna.journal"
+OPTIONS_FILE = "sweep.json"
+SCHEDULERS = ("none", "asha")
+
+
+class UsageError(ValueError):
+    """Bad command-line input: ``option`` names the option, the message says what is allowed."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(f"{option}: {message}")
+        self.option = option
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors become UsageError too (exit 2 via main)
+        raise UsageError(self.prog, message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m sweep", description="Ray Tune sweeps of ADMM vs magnitude pruning, "
+                                                     "searched by Optuna.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="start a sweep")
+    run.add_argument("--space", default="admm", help="admm | baseline | compare | seed | a .toml/.yaml file")
+    run.add_argument("--arch", default="mobilenet_v2", help=f"comma-separated, from {', '.join(ARCHS)}")
+    run.add_argument("--dataset", default=None,
+                     help=f"{' | '.join(DATASETS)}; default digits, or cifar10 when --data-dir is given")
+    run.add_argument("--data-dir", default=None,
+                     help="a folder in CIFAR-10's python layout (no download); implies --dataset cifar10")
+    run.add_argument("--trials", type=int, default=8, help="Optuna configurations per (arch, method) study")
+    run.add_argument("--seeds", type=int, default=1, help="seeds per configuration (mean told to Optuna)")
+    helps = field_help()  # the trial options' help is their field's comment in trainables/config.py
+    run.add_argument("--width", type=float, default=0.5, help=f"{helps['width']} [default: 0.5]")
+    run.add_argument("--dense-epochs", type=int, default=4, help=f"{helps['dense_epochs']}: trained once per "
+                     "(arch, seed, recipe) and shared by every trial that starts from it [default: 4]")
+    run.add_argument("--sparsify-epochs", type=int, default=2, help=f"{helps['sparsify_epochs']} [default: 2]")
+    run.add_argument("--finetune-epochs", type=int, default=2, help=f"{helps['finetune_epochs']} [default: 2]")
+    from .searcher import SAMPLERS
+
+    run.add_argument("--sampler", default="tpe", help=f"Optuna sampler, one of: {', '.join(SAMPLERS)} [default: tpe]")
+    run.add_argument("--scheduler", default="none", help=f"trial scheduler, one of: {', '.join(SCHEDULERS)} "
+                     "(asha: single-objective spaces with fixed epoch counts only) [default: none]")
+    run.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from checkpoint")
+    run.add_argument("--max-concurrent", type=int, default=0, help="0: as many as resources allow")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="fix any TrialConfig field, e.g. --set batch_size=64")
+    add_cluster_options(run)
+    run.add_argument("--name", default=None, help="experiment name (default: <space>-<timestamp>)")
+    res = sub.add_parser("resume", help="continue an interrupted sweep, the way it ran (local or on the "
+                                        "cluster, same resources) unless told otherwise")
+    res.add_argument("name", help="the experiment's --name (a folder in --storage)")
+    add_cluster_options(res, resume=True)
+    sub.add_parser("spaces", help="list the built-in spaces and their ranges")
+    return p
+
+
+def add_cluster_options(p: argparse.ArgumentParser, resume: bool = False) -> None:
+    """Where trials run. On resume every default is None: what is not given is what the sweep ran with."""
+    was = " [default: as the sweep ran]" if resume else ""
+    p.add_argument("--local", action="store_true", default=None if resume else False,
+                   help="start Ray on this machine (else join the running cluster)" + was)
+    if resume:
+        p.add_argument("--cluster", dest="local", action="store_false", default=None,
+                       help="join the running Ray cluster, also for a sweep that ran with --local")
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPUs per trial, fractions allowed (0.25: four trials share a GPU)"
+                   + (was if resume else " [default: 0.25 where there are GPUs, else 0]"))
+    p.add_argument("--cpus-per-trial", type=float, default=None if resume else 1.0,
+                   help="CPUs Ray reserves per trial" + (was if resume else " [default: 1]"))
+    p.add_argument("--storage", default="./experiments", help="a path (made absolute) or s3:// gs:// URI")
+
+
+# -- validation (no Ray) -------------------------------------------------------------------------------
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs, values parsed as YAML scalars (numbers, true/false, null, strings)."""
+    import yaml
+
+    owners = field_owners()
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        if not eq:
+            raise UsageError("--set", f"{item!r} is not KEY=VALUE")
+        if key not in owners:
+            raise UsageError("--set", f"{key!r} is not a TrialConfig field (known: {', '.join(sorted(owners))})")
+        out[key] = yaml.safe_load(raw)
+    return out
+
+
+def validate_run(args: argparse.Namespace) -> tuple[sp.Space, list[str], dict[str, Any]]:
+    """Check every run option; return (space, archs, base flat config). Raises UsageError."""
+    try:
+        space = sp.load_space(args.space)
+    except sp.SpaceError as e:
+        raise UsageError("--space", str(e)) from None
+    archs = [a.strip() for a in args.arch.split(",") if a.strip()]
+    bad = [a for a in archs if a not in ARCHS]
+    if bad or not archs:
+        raise UsageError("--arch", f"{','.join(bad) or args.arch!r} is not among {', '.join(ARCHS)}")
+    if space.grid and space.archs:
+        archs = list(space.archs)
+    for opt, value, lo in (("--trials", args.trials, 1), ("--seeds", args.seeds, 1),
+                           ("--max-failures", args.max_failures, 0), ("--max-concurrent", args.max_concurrent, 0)):
+        if value < lo:
+            raise UsageError(opt, f"{value} must be >= {lo}")
+    from .searcher import SAMPLERS
+
+    if args.sampler not in SAMPLERS:
+        raise UsageError("--sampler", f"{args.sampler!r} is not one of {', '.join(SAMPLERS)}")
+    if args.scheduler not in SCHEDULERS:
+        raise UsageError("--scheduler", f"{args.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    if args.scheduler == "asha" and any(space.searches_sparsity(m) for m in space.methods):
+        raise UsageError("--scheduler", "asha needs a single-objective space (sparsity fixed); this space "
+                                        "searches sparsity (multi-objective)")
+    base = base_config(args)
+    fixed_by_set = parse_set(args.set)
+    base.update(fixed_by_set)
+    space = without_params(space, set(fixed_by_set))  # --set wins over the space: that key is not searched
+    for arch in archs:
+        for method in space.methods:
+            for probe in probes(space, method, base, arch):
+                try:
+                    TrialConfig.from_dict(probe)
+                except ConfigError as e:
+                    raise UsageError(option_of(e.field, space, method, fixed_by_set), str(e)) from None
+    if args.scheduler == "asha":
+        asha_max_t(space, archs, base)  # raises UsageError when the space searches an epoch count
+    if args.cpus_per_trial <= 0:
+        raise UsageError("--cpus-per-trial", f"{args.cpus_per_trial} must be > 0")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise UsageError("--gpus-per-trial", f"{args.gpus_per_trial} must be >= 0")
+    return space, archs, base
+
+
+def base_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The flat config every trial of the sweep shares, from the run options (before --set)."""
+    base = {"dataset": args.dataset or ("cifar10" if args.data_dir else "digits"), "width": args.width,
+            "dense_epochs": args.dense_epochs, "sparsify_epochs": args.sparsify_epochs,
+            "finetune_epochs": args.finetune_epochs}
+    if args.data_dir:
+        if args.dataset not in (None, "cifar10"):
+            raise UsageError("--data-dir", f"a CIFAR-10 folder was given with --dataset {args.dataset}: drop one "
+                                           "(--data-dir implies --dataset cifar10)")
+        if not os.path.isdir(args.data_dir):
+            raise UsageError("--data-dir", f"{args.data_dir} is not a folder (expected CIFAR-10's python layout, "
+                                           "cifar-10-batches-py)")
+        base["data_dir"] = os.path.abspath(args.data_dir)
+    return base
+
+MAX_PROBES = 4096
+
+
+def probes(space: sp.Space, method: str, base: dict[str, Any], arch: str) -> list[dict[str, Any]]:
+    """Every combination of the space's checkable values (range ends, choices, fixed values) over ``base``.
+
+    Checking the combinations, not each value alone, catches values that are valid apart and invalid
+    together (an ADMM interval too long for the phase's length). Capped at MAX_PROBES combinations.
+    """
+    import itertools
+
+    params = space.params_for(method)
+    names = list(params)
+    out = []
+    for values in itertools.product(*(sp.sample_values(params[n]) for n in names)):
+        out.append({**dict(zip(names, values)), **base, "arch": arch, "method": method})
+        if len(out) >= MAX_PROBES:
+            break
+    return out
+
+
+def option_of(field: str, space: sp.Space, method: str, fixed_by_set: dict[str, Any]) -> str:
+    """The command-line option a bad config field came from."""
+    if field in fixed_by_set:
+        return "--set"
+    if field in space.params_for(method):
+        return "--space"
+    return f"--{field.replace('_', '-')}"
+
+EPOCH_FIELDS = ("dense_epochs", "sparsify_epochs", "finetune_epochs")
+
+
+def asha_max_t(space: sp.Space, archs: list[str], base: dict[str, Any]) -> int:
+    """ASHA's max_t: the reports of one trial (sparsify + fine-tune epochs) from the RESOLVED config (base,
+    --set and the space's fixed values); UsageError when the space searches an epoch count (trials would
+    differ in length and ASHA would stop the long ones as if they lagged)."""
+    lengths = set()
+    for method in space.methods:
+        params = space.params_for(method)
+        searched = [k for k in EPOCH_FIELDS if k in params and params[k].kind != "fixed"]
+        if searched:
+            raise UsageError("--scheduler", f"asha needs trials of one length; the space searches {searched[0]}: "
+                                            "fix it (--set) or use --scheduler none")
+        probe = {**{k: d.value for k, d in params.items() if d.kind == "fixed"}, **base, "arch": archs[0],
+                 "method": method}
+        lengths.add(TrialConfig.from_dict(probe).control_epochs)
+    if len(lengths) > 1:
+        raise UsageError("--scheduler", f"asha needs trials of one length; the methods' trials run {sorted(lengths)} "
+                                        "epochs")
+    return max(lengths.pop(), 1)
+
+
+def check_data(space: sp.Space, archs: list[str], base: dict[str, Any], fixed: set[str], splits) -> None:
+    """Checks that need the data's size (the ADMM update count per phase), for every probe; UsageError."""
+    from trainables.trial import check_trial
+
+    for arch in archs:
+        for method in space.methods:
+            for probe in probes(space, method, base, arch):
+                try:
+                    check_trial(TrialConfig.from_dict(probe), splits)
+                except ConfigError as e:
+                    raise UsageError(option_of(e.field, space, method, dict.fromkeys(fixed)), str(e)) from None
+
+
+def load_data(base: dict[str, Any], arch: str):
+    """The sweep's dataset, loaded once in the driver; a DataError becomes a UsageError naming the option."""
+    from trainables.data import DataError, load_splits
+
+    try:
+        return load_splits(TrialConfig.from_dict({**base, "arch": arch}).data)
+    except DataError as e:
+        raise UsageError(f"--{e.field.replace('_', '-')}", e.message) from None
+
+
+def without_params(space: sp.Space, keys: set[str]) -> sp.Space:
+    """The space minus parameters fixed elsewhere (--set)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        space, params={k: v for k, v in space.params.items() if k not in keys},
+        method_params={m: {k: v for k, v in p.items() if k not in keys} for m, p in space.method_params.items()})
+
+
+def experiment_path(storage: str, name: str) -> str:
+    from trainables.schema import join
+
+    return join(storage, name)
+
+
+def exists(path: str) -> bool:
+    import pyarrow.fs as pafs
+
+    from trainables import schema
+
+    fs, p = schema.resolve(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
