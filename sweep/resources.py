@@ -97,10 +97,8 @@ def default_gpus(local: bool, autoscaler_config: str = AUTOSCALER_CONFIG) -> flo
 
 
 def check_storage(storage: str) -> str:
-    try:
-        from .storage import StorageError, check_storage as check
-    except ImportError:  # the cluster engineer's module not there yet
-        return storage if "://" in storage else os.path.abspath(storage)
+    from .storage import StorageError, check_storage as check
+
     try:
         return check(storage)
     except StorageError as e:

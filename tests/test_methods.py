@@ -16,7 +16,8 @@ def _problem(seed=0):
     return x, x @ w_true.T
 
 
-def _train(method, params, model, x, y, opt, steps):
+def _train(method, params, model, x, y, opt, steps, after=None):
+    """The loop of trainables.trial.train_epoch on a regression; ``after(step)`` runs after each step."""
     method.on_phase_start(params, steps)
     for s in range(1, steps + 1):
         opt.zero_grad()
@@ -24,6 +25,8 @@ def _train(method, params, model, x, y, opt, steps):
         method.before_step(params)
         opt.step()
         method.after_step(params, s)
+        if after is not None:
+            after(s)
 
 
 def test_gradual_schedule_endpoints_and_monotone():
@@ -50,16 +53,11 @@ def test_admm_dual_moves_and_primal_residual_falls():
     params = [model.weight]
     method = ADMM(make_sparsity_set("uniform", 0.5), rho=0.5, rho_growth=1.3, rho_max=5.0, interval=20, unit="step")
     opt = torch.optim.Adam(params, lr=0.02)
-    method.on_phase_start(params, 421)  # updates every 20 steps: 21 of them, 20 before the last step
-    first = None
-    for s in range(1, 422):
-        opt.zero_grad()
-        nn.functional.mse_loss(model(x), y).backward()
-        method.before_step(params)
-        opt.step()
-        method.after_step(params, s)
-        if s == 20:
-            first = float(method.primal)
+    primal = {}
+    # updates every 20 steps: 21 of them, 20 before the last step
+    _train(method, params, model, x, y, opt, 421, after=lambda s: primal.setdefault(s, float(method.primal))
+           if s == 20 else None)
+    first = primal[20]
     assert float(method.U[0].abs().sum()) > 0  # U really changes (DESIGN rule 3)
     assert float(method.primal) < 0.1 * first
     assert method.rho == 5.0
@@ -75,14 +73,9 @@ def test_per_step_keeps_w_in_s_after_each_step():
     params = [model.weight]
     method = Magnitude(make_sparsity_set("uniform", 0.75), "per_step")
     opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
-    method.on_phase_start(params, 30)
-    for s in range(1, 31):
-        opt.zero_grad()
-        nn.functional.mse_loss(model(x), y).backward()
-        method.before_step(params)
-        opt.step()
-        method.after_step(params, s)
-        assert int((model.weight == 0).sum()) >= 36
+    zeros = []
+    _train(method, params, model, x, y, opt, 30, after=lambda s: zeros.append(int((model.weight == 0).sum())))
+    assert len(zeros) == 30 and min(zeros) >= 36
 
 
 def test_gradual_reaches_target_and_keeps_pruned():
@@ -93,18 +86,12 @@ def test_gradual_reaches_target_and_keeps_pruned():
     method = Magnitude(make_sparsity_set("uniform", 0.5), "gradual", gradual_interval=5,
                        make_set=lambda s: make_sparsity_set("uniform", s))
     opt = torch.optim.Adam(params, lr=0.01)
-    method.on_phase_start(params, 40)
-    zeros_prev = torch.zeros_like(model.weight, dtype=torch.bool)
-    for s in range(1, 41):
-        opt.zero_grad()
-        nn.functional.mse_loss(model(x), y).backward()
-        method.before_step(params)
-        opt.step()
-        method.after_step(params, s)
-        zeros = model.weight == 0
-        assert bool((zeros | ~zeros_prev).all())  # a pruned weight never comes back
-        zeros_prev = zeros
-    assert int(zeros_prev.sum()) == 24
+    history = [torch.zeros_like(model.weight, dtype=torch.bool)]
+    _train(method, params, model, x, y, opt, 40, after=lambda s: history.append(model.weight.detach() == 0))
+    assert len(history) == 41
+    for before, after in zip(history, history[1:]):
+        assert bool((after | ~before).all())  # a pruned weight never comes back
+    assert int(history[-1].sum()) == 24
 
 
 def _check_masked_finetune(make_opt):

@@ -32,7 +32,6 @@ _STRIDE_ONE = {
     "mobilenet_v3_small": ("features.0.0", "features.1"),
     "mobilenet_v3_large": ("features.0.0", "features.2"),
 }
-STEM = "features.0.0"
 
 
 def build_model(arch: str, *, num_classes: int = 10, width: float = 1.0) -> nn.Module:
