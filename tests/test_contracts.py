@@ -226,3 +226,31 @@ def test_admm_differs_from_both_magnitude_variants(kind):
     for name in ("magnitude:per_step", "magnitude:one_shot"):
         other, _, _ = _phase(name, variants[name], kind)
         assert not torch.equal(admm.weight, other.weight)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_a_methods_config_fields_reach_the_trials_table_and_the_grouping(method):
+    """Adding a method means its module (and METHODS) plus its fields in trainables/config.py (METHOD_FIELDS):
+    nothing else may need a hand edit for its hyperparameters to be recorded and to split configurations."""
+    import pandas as pd
+
+    from analysis.tables import CONFIG_COLUMNS, config_key
+    from trainables import schema
+
+    assert set(C.METHOD_FIELDS) == set(METHODS)
+    row = C.TrialConfig.from_dict({"method": method}).hyperparameters()
+    for name in C.METHOD_FIELDS[method]:
+        assert name in schema.TRIALS.names and name in CONFIG_COLUMNS, name
+        assert row[name] is not None, name  # the method's own fields are recorded
+    for other, names in C.METHOD_FIELDS.items():
+        if other != method:
+            assert all(row[n] is None for n in names)  # the other methods' fields are null, not defaults
+    base = {**row, "arch": "mobilenet_v2", "method": method}
+    for name in C.METHOD_FIELDS[method]:
+        changed = dict(base, **{name: OTHER_VALUES.get(name, "x")})
+        keys = config_key(pd.DataFrame([base, changed]))
+        assert keys.iloc[0] != keys.iloc[1], f"{name} does not split configurations"
+
+
+OTHER_VALUES = {"rho": 0.5, "rho_growth": 1.2, "rho_max": 5.0, "admm_interval": 0.5, "admm_interval_unit": "step",
+                "schedule": "one_shot", "gradual_interval": 3}
