@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="start a sweep")
     run.add_argument("--space", default="admm", help="admm | baseline | compare | seed | a .toml/.yaml file")
-    run.add_argument("--arch", default="mobilenet_v2", help=f"comma-separated, from {', '.join(ARCHS)}")
+    run.add_argument("--arch", default=None, help=f"comma-separated, from {', '.join(ARCHS)} [default: "
+                     "mobilenet_v2; the seed space: all three]")
     run.add_argument("--dataset", default=None,
                      help=f"{' | '.join(DATASETS)}; default digits, or cifar10 when --data-dir is given")
     run.add_argument("--data-dir", default=None,
@@ -107,12 +108,13 @@ def validate_run(args: argparse.Namespace) -> tuple[sp.Space, list[str], dict[st
         space = sp.load_space(args.space)
     except sp.SpaceError as e:
         raise UsageError("--space", str(e)) from None
-    archs = [a.strip() for a in args.arch.split(",") if a.strip()]
+    if args.arch is None:  # a given --arch is never ignored, also not by a space that names its archs
+        archs = list(space.archs) if space.grid and space.archs else ["mobilenet_v2"]
+    else:
+        archs = [a.strip() for a in args.arch.split(",") if a.strip()]
     bad = [a for a in archs if a not in ARCHS]
     if bad or not archs:
         raise UsageError("--arch", f"{','.join(bad) or args.arch!r} is not among {', '.join(ARCHS)}")
-    if space.grid and space.archs:
-        archs = list(space.archs)
     for opt, value, lo in (("--trials", args.trials, 1), ("--seeds", args.seeds, 1),
                            ("--max-failures", args.max_failures, 0), ("--max-concurrent", args.max_concurrent, 0)):
         if value < lo:

@@ -367,3 +367,20 @@ def test_asha_is_refused_when_the_space_searches_an_epoch_count(tmp_path):
     with pytest.raises(cli.UsageError) as err:
         cli.validate_run(args)
     assert err.value.option == "--scheduler" and "finetune_epochs" in str(err.value)
+
+
+def test_a_gradual_schedule_that_would_prune_once_is_refused(splits):
+    """Kin of defect 4: gradual_interval >= the phase length raised the sparsity only at the last step."""
+    with pytest.raises(ConfigError) as err:
+        run_trial(dict(TINY, method="magnitude", schedule="gradual", gradual_interval=1000), data=splits)
+    assert err.value.field == "gradual_interval"
+
+
+def test_a_given_arch_is_not_ignored_by_the_seed_space():
+    from sweep import options
+
+    args = options.build_parser().parse_args(["run", "--space", "seed", "--dataset", "synthetic",
+                                              "--arch", "mobilenet_v3_small"])
+    assert options.validate_run(args)[1] == ["mobilenet_v3_small"]
+    args = options.build_parser().parse_args(["run", "--space", "seed", "--dataset", "synthetic"])
+    assert options.validate_run(args)[1] == list(C.ARCHS)

@@ -75,6 +75,20 @@ def check_admm_schedule(prune: PruneConfig, sparsify_epochs: int, steps_per_epoc
                       f"{hint}, or more sparsify_epochs")
 
 
+def check_gradual_schedule(prune: PruneConfig, sparsify_epochs: int, steps_per_epoch: int) -> None:
+    """Raise ConfigError("gradual_interval") when a gradual schedule would raise the sparsity fewer than twice
+    before the phase's last step: it would be a one-shot prune at the end, not a gradual one (rule 12)."""
+    total = sparsify_epochs * steps_per_epoch
+    if prune.method != "magnitude" or prune.schedule != "gradual" or total == 0:
+        return
+    raises = (total - 1) // prune.gradual_interval
+    if raises < 2:
+        raise ConfigError("gradual_interval", f"{prune.gradual_interval} steps gives {raises} sparsity raise(s) "
+                          f"before the last step of the sparsify phase ({sparsify_epochs} epochs x "
+                          f"{steps_per_epoch} steps); at least 2 are needed for a gradual schedule: use "
+                          f"gradual_interval <= {max((total - 1) // 2, 1)} or more sparsify_epochs")
+
+
 @torch.no_grad()
 def rescale_dual(U: list[Tensor], rho_old: float, rho_new: float) -> list[Tensor]:
     """The scaled dual U = Y / rho after rho changes: U * rho_old / rho_new (Boyd et al. 2011, 3.4.1)."""

@@ -30,7 +30,8 @@ from torch import nn
 from trainables import schema
 from trainables.config import ConfigError, TrialConfig, precision
 from trainables.data import Loader, Splits, load_splits
-from trainables.methods import Dense, MaskedFinetune, PruningMethod, check_admm_schedule, make_method
+from trainables.methods import (Dense, MaskedFinetune, PruningMethod, check_admm_schedule, check_gradual_schedule,
+                                make_method)
 from trainables.models import build_model
 from trainables.sparsity import (layer_report, make_sparsity_set, prunable_parameters, summarize,
                                  weight_histogram)
@@ -607,6 +608,7 @@ def check_trial(cfg: TrialConfig, data: Splits) -> None:
     """Checks that need the data's size, before any training: raises ConfigError naming the field."""
     steps = -(-len(data.train_x) // cfg.data.batch_size)
     check_admm_schedule(cfg.prune, cfg.train.sparsify_epochs, steps)
+    check_gradual_schedule(cfg.prune, cfg.train.sparsify_epochs, steps)
 
 
 def run_trial(config: TrialConfig | Mapping[str, Any], *, data: Splits | None = None,
