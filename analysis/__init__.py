@@ -10,17 +10,20 @@ import importlib
 
 _EXPORTS = {
     "load_tables": "load", "Tables": "load", "ExperimentError": "load", "require_finished": "load",
-    "find_optuna_storage": "load",
+    "find_optuna_storage": "load", "read_sweep_options": "load",
     "comparison_table": "tables", "best_hyperparameters": "tables", "pareto_front": "tables",
     "paired_comparison": "tables", "accounting": "tables", "diverged_trials": "tables",
     "best_configs": "tables", "config_summary": "tables", "config_key": "tables", "comparison_level": "tables",
-    "control_accuracies": "tables", "fixed_hyperparameters": "tables",
+    "control_accuracies": "tables", "fixed_hyperparameters": "tables", "config_settings": "tables",
+    "summary_table": "summary", "search_info": "summary", "Search": "summary",
     "curves_data": "plots", "plot_curves": "plots", "weights_data": "plots", "plot_weights": "plots",
     "sparsity_data": "plots", "plot_sparsity": "plots", "admm_data": "plots", "plot_admm": "plots",
+    "layer_sparsity_data": "plots", "plot_layer_sparsity": "plots", "macs_data": "plots", "plot_macs": "plots",
     "plot_importance": "plots",
-    "build_report": "report", "Report": "report", "importance_data": "report", "render_html": "report",
-    "render_markdown": "report", "render_latex": "report", "Importances": "report", "StudyImportance": "report",
-    "study_importance": "report",
+    "importance_data": "importance", "Importances": "importance", "StudyImportance": "importance",
+    "study_importance": "importance",
+    "build_report": "report", "Report": "report", "render_html": "report", "render_markdown": "report",
+    "render_latex": "report",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,8 +1,10 @@
-"""``python -m analysis report EXPERIMENT_DIR [EXPERIMENT_DIR ...] [--out DIR] [--sparsity S] [--strict]``
+"""``python -m analysis report EXPERIMENT [EXPERIMENT ...] [--out DIR] [--sparsity S] [--strict]``
 
-The only place in ``analysis`` that writes files. Output goes to ``--out`` (default
-``./reports/<name of the first experiment folder>``), never inside an experiment folder: a report must
-not change the results it reports on. Exit codes: 0 ok, 2 bad input (nothing written).
+An EXPERIMENT is a local experiment folder or an object-store URI (``s3://bucket/path``, with pyarrow's
+options such as ``?endpoint_override=host:port&scheme=http``), read where it is; several are merged into one
+report. The only place in ``analysis`` that writes files. Output goes to ``--out`` (default
+``./reports/<name of the first experiment>``), never inside an experiment folder: a report must not change
+the results it reports on. Exit codes: 0 ok, 2 bad input (nothing written).
 """
 
 from __future__ import annotations
@@ -10,11 +12,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import posixpath
 import sys
 
-from .load import ExperimentError, check_experiment, load_tables, require_finished
-from .report import (build_report, figure_bytes, importance_data, render_html, render_latex,
-                     render_markdown, TABLE_CAPTIONS)
+from .importance import importance_data
+from .load import (ExperimentError, check_experiment, display_name, load_tables, read_sweep_options,
+                   require_finished)
+from .report import (build_report, figure_bytes, latex_notes, render_html, render_latex, render_markdown,
+                     table_caption)
+from .summary import search_info
 
 log = logging.getLogger("analysis")
 
@@ -23,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("report", help="tables, figures, Markdown and HTML from experiment folders")
-    rep.add_argument("experiments", nargs="+", metavar="EXPERIMENT_DIR")
+    rep.add_argument("experiments", nargs="+", metavar="EXPERIMENT",
+                     help="experiment folder or object-store URI (s3://bucket/path[?endpoint_override=...]); "
+                          "several are merged into one report")
     rep.add_argument("--out", help="output folder (default ./reports/<first experiment name>); "
                                    "must be outside every experiment folder")
     rep.add_argument("--sparsity", type=float, default=0.5,
@@ -45,15 +53,17 @@ def _validate(args) -> tuple[list[str], str]:
     if not 0.0 <= args.sparsity < 1.0:
         raise ExperimentError(f"--sparsity: {args.sparsity} is not a fraction in [0, 1)")
     exps = [check_experiment(e) for e in args.experiments]
-    out = os.path.abspath(args.out or os.path.join("reports", os.path.basename(exps[0].rstrip(os.sep))))
+    name = posixpath.basename(display_name(exps[0]).rstrip("/" + os.sep))
+    out = os.path.abspath(args.out or os.path.join("reports", name))
     for exp in exps:
-        if _inside(out, exp):
+        if "://" not in exp and _inside(out, exp):
             raise ExperimentError(f"--out: {out} is inside the experiment folder {exp}; choose a folder outside it")
     return exps, out
 
 
 def write_report(report, out: str) -> list[str]:
-    """Write every table (CSV, LaTeX), figure (PNG, SVG), report.md and report.html under ``out``."""
+    """Write every table (raw CSV at full precision, LaTeX as shown), figure (PNG, SVG), report.md and
+    report.html under ``out``; return the paths written."""
     os.makedirs(os.path.join(out, "tables"), exist_ok=True)
     os.makedirs(os.path.join(out, "figures"), exist_ok=True)
     written = []
@@ -61,7 +71,7 @@ def write_report(report, out: str) -> list[str]:
         base = os.path.join(out, "tables", name)
         frame.to_csv(base + ".csv", index=False)
         with open(base + ".tex", "w") as fh:
-            fh.write(render_latex(frame, TABLE_CAPTIONS[name].format(s=report.sparsity)))
+            fh.write(render_latex(report.displays[name], table_caption(name, report), latex_notes(name, report)))
         written += [base + ".csv", base + ".tex"]
     figure_files = {}
     for name, fig in report.figures.items():
@@ -85,7 +95,8 @@ def report_command(args) -> int:
     for path, reason in tables.skipped:
         print(f"warning: skipped {path}: {reason}", file=sys.stderr)
     importances = None if args.no_importance else importance_data(exps)
-    report = build_report(tables, args.sparsity, importances)
+    search = search_info([read_sweep_options(e) for e in exps])
+    report = build_report(tables, args.sparsity, importances, search)
     write_report(report, out)
     print(f"report: {os.path.join(out, 'report.html')} ({len(tables.trials)} trials, "
           f"{len(tables.skipped)} files skipped)")

@@ -7,13 +7,14 @@ Nothing here writes; the experiment folder is only ever read.
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
+import posixpath
 from dataclasses import dataclass, field
 
 import pandas as pd
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from trainables import schema
@@ -41,31 +42,51 @@ class Tables:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def check_experiment(path: str) -> str:
-    """Return ``path`` made absolute if it is an experiment folder (has ``results/trials``); else raise.
+def _is_uri(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
 
-    Raises ExperimentError naming the folder and what is missing.
+
+def display_name(exp: str) -> str:
+    """An experiment as a reader sees it: a local path, or a URI without its ``?query`` options (endpoints)."""
+    return exp.partition("?")[0] if _is_uri(exp) else exp
+
+
+def check_experiment(path: str) -> str:
+    """Return ``path`` (made absolute if local; a URI such as ``s3://bucket/exp?endpoint_override=...`` as
+    given, trailing slash dropped) if it is an experiment folder (has ``results/trials``); else raise.
+
+    Raises ExperimentError naming the folder and what is missing (or why the store could not be read).
     """
-    path = os.path.abspath(path)
-    if not os.path.isdir(path):
-        raise ExperimentError(f"{path}: no such folder")
-    trials_dir = os.path.join(path, schema.RESULTS_DIR, "trials")
-    if not os.path.isdir(trials_dir):
+    path = path.removeprefix("file://")
+    if _is_uri(path):
+        base, sep, query = path.partition("?")
+        path = base.rstrip("/") + sep + query
+    else:
+        path = os.path.abspath(path)
+    try:
+        fs, base = schema.resolve(path)
+        kind = fs.get_file_info(base).type
+        trials_kind = fs.get_file_info(posixpath.join(base, schema.RESULTS_DIR, "trials")).type
+    except (OSError, ValueError) as exc:  # unreachable endpoint, unknown bucket, bad URI
+        raise ExperimentError(f"{display_name(path)}: cannot be read ({type(exc).__name__}: {exc})") from exc
+    if kind == pafs.FileType.NotFound:
+        raise ExperimentError(f"{display_name(path)}: no such folder")
+    if trials_kind != pafs.FileType.Directory:
         raise ExperimentError(
-            f"{path}: not an experiment folder (expected {schema.RESULTS_DIR}/trials/arch=*/method=*/*.parquet "
-            "written by `python -m sweep run`)")
+            f"{display_name(path)}: not an experiment folder (expected {schema.RESULTS_DIR}/trials/arch=*/"
+            "method=*/*.parquet written by `python -m sweep run`)")
     return path
 
 
 def _partition(path: str) -> dict[str, str]:
-    """arch and method from a hive path ``.../arch=A/method=M/<trial>.parquet``."""
-    parts = dict(p.split("=", 1) for p in path.split(os.sep) if "=" in p)
+    """arch and method from a hive path ``.../arch=A/method=M/<trial>.parquet`` (local or object store)."""
+    parts = dict(p.split("=", 1) for p in path.replace(os.sep, "/").split("/") if "=" in p)
     return {k: parts.get(k, "") for k in schema.PARTITION_COLUMNS}
 
 
-def _read_file(path: str) -> pd.DataFrame:
+def _read_file(fs: pafs.FileSystem, path: str) -> pd.DataFrame:
     """One results file as a DataFrame with partition columns; raises SchemaError or an Arrow error."""
-    table = pq.read_table(path)
+    table = pq.read_table(path, filesystem=fs)
     schema.check_version(path, table.schema.metadata)
     frame = table.to_pandas()
     for key, value in _partition(path).items():
@@ -73,10 +94,18 @@ def _read_file(path: str) -> pd.DataFrame:
     return frame
 
 
-def _table_files(exp: str, name: str) -> list[str]:
-    # Hidden temporary files (".tmp-*") are half-written by design and never read.
-    pattern = os.path.join(schema.table_dir(exp, name), "arch=*", "method=*", "*.parquet")
-    return sorted(p for p in glob.glob(pattern) if not os.path.basename(p).startswith("."))
+def _table_files(fs: pafs.FileSystem, base: str, name: str) -> list[str]:
+    """``results/<name>/arch=*/method=*/*.parquet`` under ``base``, sorted. Hidden temporary files (".tmp-*")
+    are half-written by design and never read."""
+    folder = posixpath.join(base, schema.RESULTS_DIR, name)
+    infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
+    paths = []
+    for info in infos:
+        rel = posixpath.relpath(info.path, folder).split("/")
+        if (info.type == pafs.FileType.File and len(rel) == 3 and rel[0].startswith("arch=")
+                and rel[1].startswith("method=") and rel[2].endswith(".parquet") and not rel[2].startswith(".")):
+            paths.append(info.path)
+    return sorted(paths)
 
 
 def _empty(name: str) -> pd.DataFrame:
@@ -89,17 +118,19 @@ def _empty(name: str) -> pd.DataFrame:
 def _load_table(exps: list[str], name: str, strict: bool, skipped: list[tuple[str, str]]) -> pd.DataFrame:
     frames = []
     for exp in exps:
-        for path in _table_files(exp, name):
+        fs, base = schema.resolve(exp)
+        for path in _table_files(fs, base, name):
+            shown = path if not _is_uri(exp) else f"{display_name(exp)}/{posixpath.relpath(path, base)}"
             try:
-                frame = _read_file(path)
+                frame = _read_file(fs, path)
             except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
                 reason = f"{type(exc).__name__}: {exc}"
                 if strict:
-                    raise ExperimentError(f"{path}: {reason}") from exc
-                log.warning("skipping %s: %s", path, reason)
-                skipped.append((path, reason))
+                    raise ExperimentError(f"{shown}: {reason}") from exc
+                log.warning("skipping %s: %s", shown, reason)
+                skipped.append((shown, reason))
                 continue
-            frame["experiment_dir"] = exp
+            frame["experiment_dir"] = display_name(exp)
             frames.append(frame)
     if not frames:
         return _empty(name)
@@ -107,11 +138,12 @@ def _load_table(exps: list[str], name: str, strict: bool, skipped: list[tuple[st
 
 
 def load_tables(dirs: str | list[str], strict: bool = False) -> Tables:
-    """Read the trials, epochs, layers and weights tables of one or several experiment folders.
+    """Read the trials, epochs, layers and weights tables of one or several experiments: local folders or
+    object-store URIs (``s3://bucket/path``, read with pyarrow's file systems, nothing copied first).
 
     Corrupt files, files with an unknown schema version and partial files are skipped with a warning and
     listed in ``Tables.skipped``; with ``strict=True`` the first one raises ExperimentError instead.
-    Raises ExperimentError if a folder is not an experiment. Mutates nothing on disk.
+    Raises ExperimentError if one is not an experiment. Mutates nothing.
     """
     if isinstance(dirs, (str, os.PathLike)):
         dirs = [dirs]
@@ -127,34 +159,56 @@ def require_finished(tables: Tables) -> None:
     if trials.empty or not (trials["status"] == "ok").any():
         n = len(trials)
         raise ExperimentError(
-            f"{', '.join(tables.experiments)}: no finished trial (status ok) among {n} trial rows; "
+            f"{', '.join(map(display_name, tables.experiments))}: no finished trial (status ok) among {n} trial rows; "
             "wait for the sweep to finish a trial")
 
 
-def find_optuna_storage(exp: str) -> str | None:
-    """The Optuna storage of an experiment folder as a path, or None.
+SWEEP_OPTIONS = "sweep.json"  # the options a sweep ran with (sweep/cli.py writes it next to results/)
 
-    Looks at sweep.json's ``storage`` entry first, then ``optuna.db`` (SQLite), then ``*.log`` /
-    ``*.journal`` journal files; tolerant because the sweep's choice may change.
+
+def read_sweep_options(exp: str) -> dict:
+    """The options an experiment's sweep ran with (``sweep.json``: sampler, trials, seeds, space, ...), or {}
+    when there is none (trials run outside a sweep) or it cannot be parsed (logged)."""
+    raw = schema.read_bytes(exp, SWEEP_OPTIONS)
+    if raw is None:
+        return {}
+    try:
+        options = json.loads(raw)
+    except ValueError:
+        log.warning("%s: unreadable %s; the report says less about how the sweep searched", display_name(exp),
+                    SWEEP_OPTIONS)
+        return {}
+    return options if isinstance(options, dict) else {}
+
+
+def _is_file(path: str) -> bool:
+    """Whether ``path`` (local, or a URI with its query options) is a file; False when it cannot be read."""
+    try:
+        fs, base = schema.resolve(path)
+        return fs.get_file_info(base).type == pafs.FileType.File
+    except (OSError, ValueError):
+        return False
+
+
+def find_optuna_storage(exp: str) -> str | None:
+    """The Optuna storage of an experiment as a local path or a URI (object store), or None.
+
+    Looks at sweep.json's ``optuna_storage`` / ``storage`` entry first (a file, relative to the experiment or
+    absolute), then ``optuna.db`` (SQLite), then ``*.log`` / ``*.journal`` journal files; tolerant because
+    the sweep's choice may change.
     """
-    meta = os.path.join(exp, "sweep.json")
-    stored = None
-    if os.path.isfile(meta):
-        try:
-            with open(meta) as fh:
-                options = json.load(fh)
-            stored = options.get("optuna_storage") or options.get("storage")
-        except (OSError, ValueError, AttributeError):
-            log.warning("%s: unreadable; looking for the Optuna storage by file name", meta)
-    if isinstance(stored, str) and stored:
-        if stored.startswith("sqlite:///"):
-            stored = stored[len("sqlite:///"):]
-        candidate = stored if os.path.isabs(stored) or "://" in stored else os.path.join(exp, stored)
-        if "://" in candidate or os.path.isfile(candidate):
-            return candidate
+    options = read_sweep_options(exp)
+    for stored in (options.get("optuna_storage"), options.get("storage")):
+        if isinstance(stored, str) and stored:
+            stored = stored.removeprefix("sqlite:///")
+            candidate = stored if "://" in stored or os.path.isabs(stored) else schema.join(exp, stored)
+            if _is_file(candidate):
+                return candidate
     for name in ("optuna.db", "optuna.sqlite", "optuna.sqlite3"):
-        if os.path.isfile(os.path.join(exp, name)):
-            return os.path.join(exp, name)
-    journals = sorted(glob.glob(os.path.join(exp, "*.log")) + glob.glob(os.path.join(exp, "*.journal"))
-                      + glob.glob(os.path.join(exp, "optuna", "*")))
-    return journals[0] if journals else None
+        if _is_file(schema.join(exp, name)):
+            return schema.join(exp, name)
+    fs, base = schema.resolve(exp)
+    infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    journals = sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.File
+                      and i.path.endswith((".log", ".journal")))
+    return schema.join(exp, journals[0]) if journals else None

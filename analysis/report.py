@@ -1,74 +1,110 @@
-"""Assemble tables and figures into a report: Markdown, and one self-contained HTML file (figures inlined
-as base64 PNG). Builds everything in memory; only ``analysis.__main__`` writes files."""
+"""Assemble tables and figures into a report: one self-contained HTML page (figures inlined as base64 PNG),
+the same content as Markdown, and LaTeX per table. It opens with the answer (which method wins where, by
+how much, how sure); tables are shown as text (analysis.present), the CSV files keep the raw frames.
+Builds everything in memory; only ``analysis.__main__`` writes files."""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
-import logging
-import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from . import plots as P
+from . import present as D
+from . import summary as S
 from . import tables as T
-from .load import Tables, find_optuna_storage
+from .importance import MIN_IMPORTANCE_TRIALS, Importances
+from .load import Tables, display_name
 
-log = logging.getLogger(__name__)
-
-LEVEL_TEXT = ("Sparsity level: a trial's nominal sparsity when its sparsity set reaches it within "
-              f"{T.LEVEL_TOL} (exact target over all prunable weights), else the exact target rounded to 3 decimals "
-              "(N:M 2:4 leaves depthwise layers dense and sits below 0.5): rows at different levels are never put "
-              "side by side; achieved sparsity (measured from the weights) beside.")
-CONTROL_TEXT = ("Dense control (row dense/control, column control_test_acc): the shared dense checkpoint trained "
-                "sparsify_epochs + finetune_epochs more epochs with the dense recipe, so it has the same total "
-                "budget (budget_epochs) as the pruned models; NaN with a note where it was not trained. "
-                "dense_start = the dense model at the end of the dense phase (epoch dense_start_epoch), the "
-                "common starting point of both methods, not a fair reference.")
+LEVEL_TEXT = ("Sparsity is the level trials are compared at: the nominal sparsity when the sparsity set reaches "
+              f"it (within {100 * T.LEVEL_TOL:.1f} points), else the exact target over all prunable weights (N:M "
+              "2:4 leaves depthwise layers dense and sits below 50%); rows at different levels are never put side "
+              "by side. Achieved = measured from the final weights.")
+CONTROL_TEXT = ("The dense control is the shared dense checkpoint trained as many epochs more as the pruned models "
+                "got (sparsify + fine-tune) with the dense recipe: the same total budget. The dense start is the "
+                "dense model at the end of the dense phase, the common starting point of both methods, not a "
+                "fair reference.")
+ACCURACY_TEXT = ("Accuracy in percent, mean ± sample standard deviation over seeds, rounded to one decimal; "
+                 "pp = percentage points.")
+TITLES = {
+    "summary": "Summary: which method wins",
+    "comparison": "Accuracy through the pruning stages",
+    "best_hyperparameters": "Chosen configurations",
+    "fixed_hyperparameters": "Fixed hyperparameters",
+    "pareto": "Pareto front: accuracy against sparsity",
+    "paired": "Paired differences",
+    "accounting": "Sweep accounting",
+    "not_ok": "Trials not scored",
+}
 TABLE_CAPTIONS = {
-    "comparison": "Accuracy at sparsity level {s}: configuration selected on VALIDATION (best mean final_val_acc "
-                  "over seeds), every accuracy reported on TEST, mean and sample std over seeds. post_prune = "
-                  "right after projection with BN recalibrated on training data; post_prune_stale_bn = same "
-                  "weights with stale BN statistics. " + CONTROL_TEXT + " " + LEVEL_TEXT,
-    "best_hyperparameters": "Best configuration per architecture and method at sparsity level {s}, chosen on "
-                            "validation (final_val_acc mean over seeds); the hyperparameters that vary in the "
-                            "sweep (the fixed ones are in fixed_hyperparameters).",
-    "fixed_hyperparameters": "Hyperparameters with one value in every trial of the sweep.",
-    "pareto": "Accuracy-vs-sparsity Pareto front per architecture and method over configurations (mean over "
-              "seeds), front chosen on VALIDATION accuracy against achieved sparsity, test accuracy beside. "
-              + CONTROL_TEXT,
-    "paired": "Paired comparison at each sparsity level: ADMM minus magnitude final TEST accuracy, paired by "
-              "seed, best configuration per method at that level chosen on validation; 95% t-interval and "
-              "paired t-test p-value (n/a when fewer than 2 pairs). " + LEVEL_TEXT,
-    "accounting": "Sweep accounting per architecture and method: trial rows, finished ok, diverged, failed, "
-                  "stopped early by the scheduler (ASHA), other statuses, total compute seconds (sum of "
-                  "wall_time_s).",
-    "not_ok": "Trials that did not finish ok (diverged: NaN/inf loss; failed: exception; stopped: ended early by "
-              "the ASHA scheduler), with the hyperparameters that vary in the sweep. They are not scored.",
+    "summary": "Per architecture and sparsity: final TEST accuracy of each method's configuration chosen on "
+               "VALIDATION, over the seeds both methods ran; the difference is paired by seed, with its 95% "
+               "t-interval; a method wins only where that interval excludes 0. " + ACCURACY_TEXT,
+    "comparison": "At sparsity {s}: each method's configuration chosen on VALIDATION (best mean final val "
+                  "accuracy over seeds, column Val), every other accuracy on TEST. Post-prune = right after the "
+                  "hard projection, BatchNorm statistics re-estimated on training data; stale BN = the same "
+                  "weights with the old statistics. Epochs = total budget (dense + sparsify + fine-tune). "
+                  + ACCURACY_TEXT + " " + CONTROL_TEXT + " " + LEVEL_TEXT,
+    "best_hyperparameters": "Each method's configuration chosen at sparsity {s} on VALIDATION (mean final val "
+                            "accuracy over seeds), with the hyperparameters that vary in the sweep (trial ids in "
+                            "the CSV).",
+    "fixed_hyperparameters": "Hyperparameters with one value in every finished trial.",
+    "pareto": "Non-dominated configurations per architecture and method (mean over seeds), chosen on VALIDATION "
+              "accuracy against achieved sparsity, test accuracy beside; the dense control first. MACs = "
+              "multiply-accumulates per image counting nonzero weights. " + CONTROL_TEXT,
+    "paired": "Final TEST accuracy difference at each sparsity, paired by seed, each method's configuration at that "
+              "level chosen on validation; 95% t-interval and paired t-test p-value. " + LEVEL_TEXT,
+    "accounting": "Per architecture and method: trial rows, distinct configurations tried, how each ended (ok; "
+                  "diverged: NaN/inf loss; failed: an exception; stopped: ended early by the scheduler; other), "
+                  "and compute time (sum of trial wall times).",
+    "not_ok": "Trials that did not finish ok, with the hyperparameters that vary in the sweep; they are counted, "
+              "never scored.",
+}
+FIGURE_TITLES = {
+    "sparsity": "Accuracy against sparsity", "macs": "Accuracy against compute", "layers": "Sparsity per layer",
+    "curves": "Training curves", "admm": "ADMM convergence", "weights": "Weight distributions",
+    "importance": "Hyperparameter importance",
 }
 FIGURE_CAPTIONS = {
-    "curves": "Training objective and validation accuracy per epoch (best configuration at sparsity level {s}, "
-              "or at any level where none ran at {s}; band over seeds).",
-    "weights": "Distribution of all prunable weights: dense model, end of the sparsify phase before projection "
-               "(pre_prune), and after masked fine-tuning (final); exact zeros counted separately (▼).",
-    "sparsity": "Final validation accuracy against achieved sparsity, with each method's Pareto front; "
-                "horizontal lines: the dense control (same total budget) and the dense start.",
-    "admm": "ADMM primal residual and rho per sparsify epoch (best ADMM configuration, chosen as for the curves).",
-    "importance": "Hyperparameter importance per Optuna study: PED-ANOVA (Optuna) for the study's first objective "
-                  "in its own direction (which parameters set the best trials apart), shown only for studies with "
-                  "at least {n} complete trials.",
+    "sparsity": "Final VALIDATION accuracy against achieved sparsity for every configuration (faint dots), each "
+                "method's Pareto front (line), the dense control (dotted) and the dense start (dash-dot). Look at "
+                "which front lies higher at the sparsity you need, and whether it reaches the dotted line.",
+    "macs": "Final TEST accuracy against nonzero multiply-accumulates per image: left is cheaper, up is better. "
+            "Compare each method's points with the dense control (star) at full cost; N:M models keep "
+            "depthwise layers dense, so they sit further right than uniform models at the same nominal "
+            "sparsity.",
+    "layers": "Achieved sparsity of every layer of each method's chosen model at sparsity {s} (or at any level "
+              "where none ran at {s}), in model order, coloured by layer kind; dashed ticks are the targets. "
+              "Look for hatched slots: layers kept dense (the first convolution by default, and the depthwise "
+              "convolutions under N:M), which is why such a model's overall sparsity is below its nominal one.",
+    "curves": "Training objective and validation accuracy (BatchNorm recalibrated) per epoch of each method's "
+              "chosen configuration; band = min to max over seeds; dotted lines separate the dense, sparsify "
+              "and fine-tune phases. Look at the step at the start of fine-tuning (the hard projection) and "
+              "whether fine-tuning recovers it.",
+    "admm": "ADMM per sparsify epoch (chosen configuration, one colour per seed): the primal residual "
+            "Σ‖W−Z‖² (solid) should fall as W approaches the sparse set, the dual residual ρ²Σ‖Z−Z_prev‖² "
+            "(dashed) as the mask settles; rho is the penalty weight (flat unless rho_growth > 1). Log axes "
+            "where values span orders of magnitude.",
+    "weights": "Distribution of all prunable weights of each chosen model: dense, end of the sparsify phase "
+               "before projection (pre_prune) and after fine-tuning (final); exact zeros counted apart (▼). Look "
+               "at whether a method already pulls the weights to be pruned towards zero before the projection.",
+    "importance": "Hyperparameter importance per Optuna study: PED-ANOVA for the study's first objective in its "
+                  "own direction (which parameters set the best trials apart); shown only for studies with at "
+                  "least {n} complete trials.",
 }
+SECTION_ORDER = ("summary", "comparison", "sparsity", "macs", "layers", "curves", "admm", "weights", "importance",
+                 "best_hyperparameters", "pareto", "paired", "accounting", "not_ok")
 
 
 @dataclass
 class Report:
-    """Everything a report shows: named DataFrames and matplotlib Figures, words for figure sections
-    (``texts``: shown under the figure, or instead of it where there is none), notes (skipped files)."""
+    """Everything a report shows. ``tables``: raw DataFrames (the CSV files); ``displays``: the same tables
+    as text (analysis.present); ``figures``: matplotlib Figures with ``alts`` (alt text); ``texts``: words
+    under a figure or instead of a missing one; ``answers``: the summary in sentences; ``notes``: warnings
+    (skipped files)."""
 
     tables: dict[str, pd.DataFrame]
     figures: dict[str, object]
@@ -76,160 +112,77 @@ class Report:
     experiments: list[str]
     notes: list[str] = field(default_factory=list)
     texts: dict[str, str] = field(default_factory=dict)
+    alts: dict[str, str] = field(default_factory=dict)
+    displays: dict[str, D.Display] = field(default_factory=dict)
+    answers: list[D.Answer] = field(default_factory=list)
+    fixed: str = ""
+    n_trials: int = 0
 
 
-MIN_IMPORTANCE_TRIALS = 10  # COMPLETE trials a study needs before its importances are shown at all
-IMPORTANCE_TOP_TRIALS = 5  # trials in PED-ANOVA's top quantile at least (Optuna's advice for stable results)
-IMPORTANCE_QUANTILE = 0.1  # PED-ANOVA's target quantile on large studies (Optuna's default)
-SWEEP_OBJECTIVE = "final_val_acc"  # the sweep's first objective (sweep/searcher.py), when a study names none
-
-
-@dataclass
-class StudyImportance:
-    """One study's parameter importances (normalised to sum 1) and how they were computed."""
-
-    study: str
-    importances: dict[str, float]
-    objective: str  # the first objective, the one importances are computed for
-    direction: str  # "maximize" | "minimize": which end of the objective counts as good
-    n_complete: int  # COMPLETE trials with a finite first objective
-    n_top: int  # trials in the top quantile whose parameter distribution is compared with all trials
-    evaluator: str = "PED-ANOVA"
-
-    @property
-    def label(self) -> str:
-        end = "highest" if self.direction == "maximize" else "lowest"
-        return (f"{self.evaluator} importance for the {end} {self.objective} "
-                f"(top {self.n_top} of {self.n_complete} complete trials)")
-
-
-@dataclass
-class Importances:
-    """What :func:`importance_data` found: importances of the studies with enough trials, and a note (in
-    words) for every study or storage without them."""
-
-    studies: dict[str, StudyImportance] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-
-def importance_data(experiments: list[str]) -> Importances:
-    """Parameter importances per Optuna study of each experiment (PED-ANOVA, first objective, its direction).
-
-    A study needs MIN_IMPORTANCE_TRIALS complete trials; with fewer it gets a note instead of numbers. The
-    storage is copied to a temporary folder first, because opening it (SQLite WAL files, journal locks,
-    schema migrations) can write next to it, and the experiment folder must stay untouched.
-    """
-    out = Importances()
-    for exp in experiments:
-        storage = find_optuna_storage(exp)
-        if storage is None or "://" in storage:
-            out.notes.append(f"{exp}: no local Optuna storage ({storage or 'none found'}), so no importance")
-            continue
-        try:
-            found, notes = _importances_from(storage)
-        except Exception as exc:  # noqa: BLE001 - importance is optional; the tables still stand
-            log.warning("no hyperparameter importance from %s: %s", storage, exc)
-            out.notes.append(f"{storage}: importance could not be computed ({type(exc).__name__}: {exc})")
-            continue
-        for name, imp in found.items():
-            out.studies[name if name not in out.studies else f"{os.path.basename(exp)}/{name}"] = imp
-        out.notes += notes
-    return out
-
-
-def _open_copy(storage_path: str, tmp: str):
-    import optuna
-
-    copy = os.path.join(tmp, os.path.basename(storage_path))
-    # SQLite in WAL mode keeps recent commits in side files; copy them too so nothing is lost.
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        if os.path.exists(storage_path + suffix):
-            shutil.copy2(storage_path + suffix, copy + suffix)
-    if copy.endswith((".db", ".sqlite", ".sqlite3")):
-        return optuna.storages.RDBStorage(f"sqlite:///{copy}")
-    from optuna.storages.journal import JournalFileBackend
-    return optuna.storages.JournalStorage(JournalFileBackend(copy))
-
-
-def _importances_from(storage_path: str) -> tuple[dict[str, StudyImportance], list[str]]:
-    import optuna  # lazy: importing optuna costs a second; reports without a storage do not need it
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with tempfile.TemporaryDirectory() as tmp:
-        storage = _open_copy(storage_path, tmp)
-        found, notes = {}, []
-        for summary in optuna.get_all_study_summaries(storage):
-            study = optuna.load_study(study_name=summary.study_name, storage=storage)
-            result = study_importance(study)
-            if isinstance(result, str):
-                notes.append(f"{summary.study_name}: {result}")
-            else:
-                found[summary.study_name] = result
-        if hasattr(storage, "remove_session"):
-            storage.remove_session()
-        return found, notes
-
-
-def study_importance(study) -> StudyImportance | str:
-    """PED-ANOVA importances of ``study`` for its FIRST objective in its own direction, or the reason (in
-    words) why there are none: fewer than MIN_IMPORTANCE_TRIALS complete trials.
-
-    PED-ANOVA ranks parameters by how differently they are distributed among the top-quantile trials than
-    among all trials (evaluate_on_local: the trials the sampler actually ran); it treats LOW target values
-    as the top, so a maximised objective is negated here. The top quantile holds at least
-    IMPORTANCE_TOP_TRIALS trials."""
-    import warnings
-
-    import optuna
-    from optuna.importance import PedAnovaImportanceEvaluator
-
-    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if t.values and math.isfinite(t.values[0])]
-    n = len(complete)
-    if n < MIN_IMPORTANCE_TRIALS:
-        return (f"{n} complete trials, fewer than the {MIN_IMPORTANCE_TRIALS} needed for hyperparameter "
-                "importance, so none is shown")
-    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-    sign = -1.0 if maximize else 1.0
-    quantile = max(IMPORTANCE_QUANTILE, IMPORTANCE_TOP_TRIALS / n)
-    names = getattr(study, "metric_names", None)
-    with warnings.catch_warnings():  # the "computes importances for low target values" warning: handled
-        warnings.simplefilter("ignore")
-        values = optuna.importance.get_param_importances(
-            study, evaluator=PedAnovaImportanceEvaluator(target_quantile=quantile, evaluate_on_local=True),
-            target=lambda t: sign * t.values[0])
-    return StudyImportance(study.study_name, dict(values), names[0] if names else SWEEP_OBJECTIVE,
-                           "maximize" if maximize else "minimize", n, math.ceil(quantile * n))
-
-
-def build_report(tables: Tables, sparsity: float = 0.5, importances: Importances | None = None) -> Report:
-    """Build every table and figure of the report from loaded tables. Pure apart from creating Figures.
-
-    ``importances`` (from :func:`importance_data`; None: not computed) gives the importance figure, or the
-    words saying why there is none."""
-    trials = tables.trials
-    out_tables = {
+def _tables(trials: pd.DataFrame, sparsity: float, search: S.Search) -> dict[str, pd.DataFrame]:
+    return {
+        "summary": S.summary_table(trials, search),
         "comparison": T.comparison_table(trials, sparsity),
         "best_hyperparameters": T.best_hyperparameters(trials, sparsity),
         "fixed_hyperparameters": T.fixed_hyperparameters(T.ok_trials(trials)),
         "pareto": T.pareto_front(trials),
-        "paired": T.paired_comparison(trials),
+        "paired": T.paired_comparison(trials, S.FIRST, S.SECOND),
         "accounting": T.accounting(trials),
         "not_ok": T.diverged_trials(trials),
     }
-    figures = {
-        "curves": P.plot_curves(P.curves_data(trials, tables.epochs, sparsity)),
-        "weights": P.plot_weights(P.weights_data(trials, tables.weights, sparsity)),
-        "sparsity": P.plot_sparsity(*P.sparsity_data(trials)),
-        "admm": P.plot_admm(P.admm_data(trials, tables.epochs, sparsity)),
+
+
+def _displays(raw: dict[str, pd.DataFrame], trials: pd.DataFrame) -> dict[str, D.Display]:
+    ok_settings = T.config_settings(T.ok_trials(trials))
+    labels = D.hyperparameter_labels(T.config_settings(trials))
+    return {
+        "summary": D.show_summary(raw["summary"]),
+        "comparison": D.show_comparison(raw["comparison"]),
+        "best_hyperparameters": D.show_best(raw["best_hyperparameters"], ok_settings),
+        "fixed_hyperparameters": D.show_fixed(raw["fixed_hyperparameters"]),
+        "pareto": D.show_pareto(raw["pareto"], labels),
+        "paired": D.show_paired(raw["paired"]),
+        "accounting": D.show_accounting(raw["accounting"]),
+        "not_ok": D.show_not_ok(raw["not_ok"], labels),
     }
-    texts = {"importance": _importance_text(importances)}
+
+
+def _figures(tables: Tables, sparsity: float, importances: Importances | None) -> tuple[dict, dict]:
+    """(name -> Figure, name -> alt text), in SECTION_ORDER."""
+    trials = tables.trials
+    data = {
+        "sparsity": (P.plot_sparsity, P.sparsity_alt, P.sparsity_data(trials)),
+        "macs": (P.plot_macs, P.macs_alt, P.macs_data(trials)),
+        "layers": (P.plot_layer_sparsity, P.layer_sparsity_alt,
+                   (P.layer_sparsity_data(trials, tables.layers, sparsity),)),
+        "curves": (P.plot_curves, P.curves_alt, (P.curves_data(trials, tables.epochs, sparsity),)),
+        "admm": (P.plot_admm, P.admm_alt, (P.admm_data(trials, tables.epochs, sparsity),)),
+        "weights": (P.plot_weights, P.weights_alt, (P.weights_data(trials, tables.weights, sparsity),)),
+    }
     if importances is not None and importances.studies:
-        figures["importance"] = P.plot_importance(importances.studies)
+        data["importance"] = (P.plot_importance, P.importance_alt, (importances.studies,))
+    figures = {name: render(*args) for name, (render, _, args) in data.items()}
+    alts = {name: alt(*args) for name, (_, alt, args) in data.items()}
+    return figures, alts
+
+
+def build_report(tables: Tables, sparsity: float = 0.5, importances: Importances | None = None,
+                 search: S.Search | None = None) -> Report:
+    """Build every table, figure and sentence of the report from loaded tables. Pure apart from creating
+    Figures. ``importances`` (from :func:`importance_data`; None: not computed) gives the importance figure,
+    or the words saying why there is none; ``search`` (from :func:`analysis.summary.search_info`; None: the
+    sweep's default sampler assumed) sizes the caution about small studies."""
+    trials = tables.trials
+    raw = _tables(trials, sparsity, search or S.Search())
+    figures, alts = _figures(tables, sparsity, importances)
     notes = [f"skipped {path}: {reason}" for path, reason in tables.skipped]
-    if out_tables["comparison"].empty:
-        notes.append(f"no finished trial at sparsity level {sparsity}; the comparison table is empty")
-    return Report(out_tables, figures, sparsity, list(tables.experiments), notes, texts)
+    if raw["comparison"].empty:
+        notes.append(f"no finished trial at sparsity {100 * sparsity:.1f}%: the comparison table is empty "
+                     "(choose another level with --sparsity)")
+    return Report(raw, figures, sparsity, [display_name(e) for e in tables.experiments], notes,
+                  {"importance": _importance_text(importances)}, alts, _displays(raw, trials),
+                  D.answers(raw["summary"]),
+                  D.fixed_text(raw["fixed_hyperparameters"], T.config_settings(T.ok_trials(trials))), len(trials))
 
 
 def _importance_text(importances: Importances | None) -> str:
@@ -247,92 +200,197 @@ def figure_bytes(fig, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def _fmt(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.map(lambda v: f"{v:.4g}" if isinstance(v, float) else v)
+def latex_notes(name: str, report: Report) -> list[str]:
+    """Paragraphs under a LaTeX table: the answers (with cautions) under the summary, the fixed
+    hyperparameters under the chosen configurations."""
+    if name == "summary":
+        return [D.answer_text(a) for a in report.answers]
+    if name == "best_hyperparameters" and report.fixed:
+        return [f"Fixed: {report.fixed}."]
+    return []
 
 
-def _caption(name: str, report: Report) -> str:
-    return TABLE_CAPTIONS[name].format(s=report.sparsity)
+def table_caption(name: str, report: Report) -> str:
+    return TABLE_CAPTIONS[name].format(s=f"{100 * report.sparsity:.1f}%")
 
 
-def _figure_caption(name: str, report: Report) -> str:
-    return FIGURE_CAPTIONS[name].format(s=report.sparsity, n=MIN_IMPORTANCE_TRIALS)
+def figure_caption(name: str, report: Report) -> str:
+    return FIGURE_CAPTIONS[name].format(s=f"{100 * report.sparsity:.1f}%", n=MIN_IMPORTANCE_TRIALS)
 
 
-def _sections(report: Report) -> list[str]:
-    """Figure sections in caption order: every figure, and every text that stands where a figure is missing."""
-    return [n for n in FIGURE_CAPTIONS if n in report.figures or n in report.texts]
+def sections(report: Report) -> list[str]:
+    """Section names in reading order: the summary first, tables with rows or a reason, figures present
+    or explained in words."""
+    return [n for n in SECTION_ORDER if n in report.displays or n in report.figures or n in report.texts]
 
 
-def _heading(name: str, report: Report) -> str:
-    return f"figure: {name}" if name in report.figures else f"{name} (no figure)"
+def title(name: str) -> str:
+    return TITLES.get(name) or FIGURE_TITLES[name]
 
 
-def render_markdown(report: Report, figure_files: dict[str, str] | None = None) -> str:
-    """The report as Markdown; figures linked by the relative paths in ``figure_files`` if given."""
-    lines = ["# Pruning sweep report", "", "Experiments: " + ", ".join(report.experiments), ""]
-    lines += [f"> {note}" for note in report.notes]
-    for name, frame in report.tables.items():
-        lines += ["", f"## {name}", "", _caption(name, report), ""]
-        lines.append(markdown_table(frame) if not frame.empty else "_(no rows)_")
-    for name in _sections(report):
-        lines += ["", f"## {_heading(name, report)}", "", _figure_caption(name, report), ""]
-        if report.texts.get(name):
-            lines += [report.texts[name], ""]
-        if figure_files and name in figure_files:
-            lines.append(f"![{name}]({figure_files[name]})")
-    return "\n".join(lines) + "\n"
-
-
-CSS = ("body{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em}"
-       "table{border-collapse:collapse;font-size:12px;margin-bottom:1em}"
-       "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#eee}"
-       "img{max-width:100%}.note{color:#a40}.scroll{overflow-x:auto}")
-
-
-def render_html(report: Report) -> str:
-    """The report as one self-contained HTML page (figures embedded as base64 PNG, no external links)."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Pruning sweep report</title>"
-             f"<style>{CSS}</style></head><body><h1>Pruning sweep report</h1>",
-             "<p>Experiments: " + html.escape(", ".join(report.experiments)) + "</p>"]
-    parts += [f"<p class='note'>{html.escape(n)}</p>" for n in report.notes]
-    for name, frame in report.tables.items():
-        parts.append(f"<h2>{name}</h2><p>{html.escape(_caption(name, report))}</p>")
-        body = _fmt(frame).to_html(index=False, border=0) if not frame.empty else "<p><i>(no rows)</i></p>"
-        parts.append(f"<div class='scroll'>{body}</div>")
-    for name in _sections(report):
-        parts.append(f"<h2>{html.escape(_heading(name, report))}</h2>"
-                     f"<p>{html.escape(_figure_caption(name, report))}</p>")
-        if report.texts.get(name):
-            parts.append(f"<p class='note'>{html.escape(report.texts[name])}</p>")
-        if name in report.figures:
-            data = base64.b64encode(figure_bytes(report.figures[name], "png")).decode()
-            parts.append(f"<img class='figure' alt='{name}' src='data:image/png;base64,{data}'>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
+# --- Markdown ----------------------------------------------------------------------------------------------------
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    """A DataFrame as a GitHub Markdown table (written here to avoid the optional tabulate dependency)."""
-    cells = _fmt(frame).map(str)
+    """A DataFrame of text as a GitHub Markdown table (written here to avoid the optional tabulate dependency)."""
+    cells = frame.astype(str)
     rows = ["| " + " | ".join(str(c) for c in frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     rows += ["| " + " | ".join(v.replace("|", "\\|") for v in r) + " |" for r in cells.itertuples(index=False)]
     return "\n".join(rows)
 
 
+def _markdown_display(display: D.Display) -> list[str]:
+    if display.frame.empty:
+        return ["_(no rows)_"]
+    notes = [f"{D.DASH}{D.superscript(i + 1)} {reason}" for i, reason in enumerate(display.footnotes)]
+    return [markdown_table(display.frame), *([""] + ["  \n".join(notes)] if notes else [])]
+
+
+def _markdown_answers(report: Report) -> list[str]:
+    answers, shared = D.shared_cautions(report.answers)
+    lines = [f"- **{a.headline}** {a.detail}" + (f"  \n  Caution: {a.caution}." if a.caution else "")
+             for a in answers] or ["- No finished trial: nothing to compare yet."]
+    return lines + (["", f"Caution for every row above: {shared}."] if shared else [])
+
+
+def _markdown_section(name: str, report: Report, figure_files: dict[str, str] | None) -> list[str]:
+    lines = ["", f"## {title(name)}", ""]
+    if name == "summary":
+        lines += [*_markdown_answers(report), ""]
+    if name in report.displays:
+        lines += [table_caption(name, report), "", *_markdown_display(report.displays[name])]
+        if name == "best_hyperparameters" and report.fixed:
+            lines += ["", f"Fixed: {report.fixed}."]
+        return lines
+    lines += [figure_caption(name, report), ""]
+    if report.texts.get(name):
+        lines += [report.texts[name], ""]
+    if figure_files and name in figure_files:
+        lines.append(f"![{report.alts.get(name, name)}]({figure_files[name]})")
+    return lines
+
+
+def render_markdown(report: Report, figure_files: dict[str, str] | None = None) -> str:
+    """The report as Markdown, in the HTML's order; figures linked by the relative paths in ``figure_files``."""
+    lines = ["# Pruning sweep report"]
+    for name in sections(report):
+        lines += _markdown_section(name, report, figure_files)
+        if name == "summary":
+            lines += ["", *[f"> {note}" for note in report.notes], "", _provenance(report)]
+    return "\n".join(lines) + "\n"
+
+
+def _provenance(report: Report) -> str:
+    return f"{report.n_trials} trial rows from: " + ", ".join(report.experiments) + "."
+
+
+# --- HTML --------------------------------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1180px;margin:1em auto;padding:0 16px;color:#222;line-height:1.4;
+ overflow-wrap:break-word}
+h1{margin:.3em 0}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:12.5px;margin:.5em 0;width:100%}
+th{background:#f0f0f0;font-weight:600;text-align:left;vertical-align:bottom}
+td,th{border:1px solid #d4d4d4;padding:3px 6px}
+td{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
+td.text{text-align:left;white-space:normal;min-width:12em;overflow-wrap:anywhere}td.name{text-align:left}
+.tablebox{max-width:100%;overflow-x:auto}
+.footnotes{font-size:12px;color:#555;margin:0}
+.answers li{margin:.35em 0}.caution{color:#8a4b00}.note{color:#a40}
+.caption{color:#444;font-size:14px}.meta{color:#666;font-size:13px}
+figure{margin:.5em 0}img{max-width:100%;height:auto}
+"""
+
+
+def _html_table(display: D.Display) -> str:
+    if display.frame.empty:
+        return "<p><i>(no rows)</i></p>"
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in display.frame.columns)
+    names = {c for c in display.frame.columns if c in ("Architecture", "Model", "Method", "Trial", "Status",
+                                                        "Hyperparameter", "Value", "Verdict")}
+    body = []
+    for row in display.frame.itertuples(index=False):
+        cells = []
+        for col, value in zip(display.frame.columns, row):
+            cls = " class='text'" if col in display.text_columns else " class='name'" if col in names else ""
+            cells.append(f"<td{cls}>{html.escape(str(value))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    notes = "".join(f"<p class='footnotes'>{D.DASH}{D.superscript(i + 1)} {html.escape(r)}</p>"
+                    for i, r in enumerate(display.footnotes))
+    return (f"<div class='tablebox'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            f"</div>{notes}")
+
+
+def _html_answers(report: Report) -> str:
+    answers, shared = D.shared_cautions(report.answers)
+    items = []
+    for a in answers:
+        caution = f"<br><span class='caution'>Caution: {html.escape(a.caution)}.</span>" if a.caution else ""
+        items.append(f"<li><strong>{html.escape(a.headline)}</strong> {html.escape(a.detail)}{caution}</li>")
+    text = "<ul class='answers'>" + ("".join(items) or "<li>No finished trial: nothing to compare yet.</li>") + "</ul>"
+    if shared:
+        text += f"<p class='caution'>Caution for every row above: {html.escape(shared)}.</p>"
+    return text
+
+
+def _html_figure(name: str, report: Report) -> str:
+    parts = [f"<p class='caption'>{html.escape(figure_caption(name, report))}</p>"]
+    if report.texts.get(name):
+        parts.append(f"<p class='note'>{html.escape(report.texts[name])}</p>")
+    if name in report.figures:
+        data = base64.b64encode(figure_bytes(report.figures[name], "png")).decode()
+        alt = html.escape(report.alts.get(name, name), quote=True)
+        parts.append(f"<figure><img class='figure' alt=\"{alt}\" src='data:image/png;base64,{data}'></figure>")
+    return "".join(parts)
+
+
+def _html_section(name: str, report: Report) -> str:
+    parts = [f"<section id='{name}'><h2>{html.escape(title(name))}</h2>"]
+    if name == "summary":
+        parts.append(_html_answers(report))
+    if name in report.displays:
+        parts.append(f"<p class='caption'>{html.escape(table_caption(name, report))}</p>")
+        parts.append(_html_table(report.displays[name]))
+        if name == "best_hyperparameters" and report.fixed:
+            parts.append(f"<p class='meta'>Fixed: {html.escape(report.fixed)}.</p>")
+    else:
+        parts.append(_html_figure(name, report))
+    if name == "summary":
+        parts += [f"<p class='note'>{html.escape(n)}</p>" for n in report.notes]
+        parts.append(f"<p class='meta'>{html.escape(_provenance(report))}</p>")
+    return "".join(parts) + "</section>"
+
+
+def render_html(report: Report) -> str:
+    """The report as one self-contained HTML page (figures embedded as base64 PNG, no external links); the
+    summary is its first section."""
+    head = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>Pruning sweep report</title>"
+            f"<style>{CSS}</style></head><body><h1>Pruning sweep report</h1>")
+    return "\n".join([head, *(_html_section(n, report) for n in sections(report)), "</body></html>"])
+
+
+# --- LaTeX -------------------------------------------------------------------------------------------------------
+
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
+                  D.DASH: "---", D.MINUS: "$-$", "±": r"$\pm$", "‖": r"$\|$", "Σ": r"$\Sigma$", "ρ": r"$\rho$"}
+_LATEX_SPECIAL.update({ch: rf"\textsuperscript{{{i}}}" for i, ch in enumerate("⁰¹²³⁴⁵⁶⁷⁸⁹")})
 
 
-def _latex_escape(text: str) -> str:
+def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
 
 
-def render_latex(frame: pd.DataFrame, caption: str) -> str:
-    """One table as a LaTeX table environment with a plain tabular (no packages needed; jinja2-free)."""
-    cells = _fmt(frame).map(str)
-    head = " & ".join(_latex_escape(str(c)) for c in frame.columns) + r" \\"
-    body = [" & ".join(_latex_escape(v) for v in r) + r" \\" for r in cells.itertuples(index=False)]
-    return "\n".join([r"\begin{table}", r"\centering", rf"\caption{{{_latex_escape(caption)}}}",
-                      r"\begin{tabular}{" + "l" * len(frame.columns) + "}", r"\hline", head, r"\hline",
-                      *body, r"\hline", r"\end{tabular}", r"\end{table}", ""])
+def render_latex(display: D.Display, caption: str, notes: list[str] = ()) -> str:
+    """One display table as a LaTeX table environment with a plain tabular (no packages needed): prose
+    columns as wrapping ``p{}`` columns, footnotes and ``notes`` (paragraphs) under the table."""
+    frame = display.frame
+    spec = "".join("p{4.5cm}" if c in display.text_columns else "l" for c in frame.columns)
+    head = " & ".join(latex_escape(str(c)) for c in frame.columns) + r" \\"
+    body = [" & ".join(latex_escape(str(v)) for v in r) + r" \\" for r in frame.itertuples(index=False)]
+    notes = [rf"\par\footnotesize {latex_escape(D.DASH + D.superscript(i + 1))} {latex_escape(r)}"
+             for i, r in enumerate(display.footnotes)] + [rf"\par\footnotesize {latex_escape(n)}" for n in notes]
+    return "\n".join([r"\begin{table}", r"\centering", rf"\caption{{{latex_escape(caption)}}}",
+                      r"\begin{tabular}{" + (spec or "l") + "}", r"\hline", head, r"\hline", *body, r"\hline",
+                      r"\end{tabular}", *notes, r"\end{table}", ""])

@@ -120,6 +120,17 @@ def varying_hyperparameters(trials: pd.DataFrame) -> list[str]:
     return [c for c in cols if _canon_column(trials[c]).nunique() > 1]
 
 
+def config_settings(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration (``config`` id, arch, method) with the hyperparameters that vary over
+    ``trials`` (:func:`varying_hyperparameters`): what a reader needs to tell configurations apart."""
+    varying = varying_hyperparameters(trials)
+    cols = [*GROUP, "config", *varying]
+    if trials.empty:
+        return pd.DataFrame(columns=cols)
+    rows = trials.assign(config=config_key(trials)).reindex(columns=cols)
+    return rows.drop_duplicates("config").sort_values([*GROUP, "config"]).reset_index(drop=True)
+
+
 def fixed_hyperparameters(trials: pd.DataFrame) -> pd.DataFrame:
     """The hyperparameters with one value over every row: (hyperparameter, value)."""
     if trials.empty:
@@ -364,8 +375,9 @@ def paired_comparison(trials: pd.DataFrame, first: str = "admm", second: str = "
 
     Each method contributes its best configuration at that level (chosen on validation); trials at other
     levels (N:M below its nominal sparsity) are never paired with it. Reports the level, each side's mean
-    achieved sparsity, n pairs, mean difference, 95% t-interval and the paired t-test p-value; with n < 2
-    these are NaN and ``note`` says "n/a (n < 2)".
+    achieved sparsity, n pairs, each side's final test accuracy (mean, std) over the paired seeds (so the two
+    means differ by exactly ``mean_diff``), mean difference, 95% t-interval and the paired t-test p-value; with
+    n < 2 these are NaN and ``note`` says "n/a (n < 2)".
     """
     ok = annotate(ok_trials(trials))
     rows = []
@@ -376,12 +388,14 @@ def paired_comparison(trials: pd.DataFrame, first: str = "admm", second: str = "
             continue
         pairs = pd.concat({m: p["final_test_acc"] for m, p in picked.items()}, axis=1, join="inner").dropna()
         diff = (pairs[first] - pairs[second]).to_numpy(float)
+        accs = {f"final_test_acc_{m}_{k}": v for m in picked for k, v in zip(("mean", "std"), _mean_std(pairs[m]))}
         rows.append({"arch": arch, "sparsity_level": level,
                      **{f"achieved_sparsity_{m}": float(picked[m]["achieved_sparsity"].mean()) for m in picked},
                      "comparison": f"{first} - {second}", "split": "test", "n_pairs": len(diff),
-                     "seeds": ",".join(str(s) for s in pairs.index), **_paired_stats(diff)})
+                     "seeds": ",".join(str(s) for s in pairs.index), **accs, **_paired_stats(diff)})
     cols = ["arch", "sparsity_level", f"achieved_sparsity_{first}", f"achieved_sparsity_{second}", "comparison",
-            "split", "n_pairs", "seeds", "mean_diff", "ci95_lo", "ci95_hi", "p_value", "note"]
+            "split", "n_pairs", "seeds", *(f"final_test_acc_{m}_{k}" for m in (first, second) for k in ("mean", "std")),
+            "mean_diff", "ci95_lo", "ci95_hi", "p_value", "note"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -401,16 +415,17 @@ def _paired_stats(diff: np.ndarray) -> dict:
 
 
 def accounting(trials: pd.DataFrame) -> pd.DataFrame:
-    """Sweep accounting per (arch, method): trial rows, how many ended ok, diverged, failed, stopped (early,
-    by the scheduler), ``other`` (any status outside those four, so the counts always add up to ``trials``),
-    and compute seconds (sum of wall times)."""
-    cols = [*GROUP, "trials", *STATUSES, "other", "compute_s"]
+    """Sweep accounting per (arch, method): trial rows, configurations (distinct :func:`config_key`, any
+    status: what the search tried), how many rows ended ok, diverged, failed, stopped (early, by the
+    scheduler), ``other`` (any status outside those four, so the counts always add up to ``trials``), and
+    compute seconds (sum of wall times)."""
+    cols = [*GROUP, "trials", "configurations", *STATUSES, "other", "compute_s"]
     if trials.empty:
         return pd.DataFrame(columns=cols)
     counts = pd.crosstab([trials[c] for c in GROUP], trials["status"].fillna("")).reindex(
         columns=list(STATUSES), fill_value=0)
-    out = counts.assign(trials=trials.groupby(list(GROUP)).size(),
-                        compute_s=trials.groupby(list(GROUP))["wall_time_s"].sum())
+    by = trials.assign(config=config_key(trials)).groupby(list(GROUP))
+    out = counts.assign(trials=by.size(), configurations=by["config"].nunique(), compute_s=by["wall_time_s"].sum())
     out["other"] = out["trials"] - out[list(STATUSES)].sum(axis=1)
     return out.reset_index()[cols].rename_axis(columns=None)
 

@@ -26,6 +26,7 @@ from trainables.config import TrialConfig
 ARCH = "mobilenet_v2"
 SEEDS = (0, 1, 2)
 CONTROL = {0: 0.91, 1: 0.92, 2: 0.94}  # the dense control's accuracy per seed in the `experiment` fixture
+FIGURES = ("sparsity", "macs", "layers", "curves", "admm", "weights")  # every report's figures but importance
 
 
 def _hyperparameters(method, sparsity, lr, **over):
@@ -268,20 +269,20 @@ def test_cli_writes_every_output_and_leaves_experiment_unchanged(experiment, cli
     proc, out, before = cli_report
     assert proc.returncode == 0, proc.stderr
     assert _hash_tree(experiment) == before
-    for name in ("comparison", "best_hyperparameters", "fixed_hyperparameters", "pareto", "paired", "accounting",
-                 "not_ok"):
+    for name in ("summary", "comparison", "best_hyperparameters", "fixed_hyperparameters", "pareto", "paired",
+                 "accounting", "not_ok"):
         assert os.path.getsize(out / "tables" / f"{name}.csv") > 0
         assert "\\begin{tabular}" in (out / "tables" / f"{name}.tex").read_text()
-    for name in ("curves", "weights", "sparsity", "admm"):
+    for name in FIGURES:
         assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert b"<svg" in (out / "figures" / f"{name}.svg").read_bytes()[:400]
     # no Optuna storage in this experiment: no importance figure, words instead
     assert not (out / "figures" / "importance.png").exists()
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and "src='http" not in html
+    assert html.count("data:image/png;base64,") == len(FIGURES) and "src='http" not in html
     markdown = (out / "report.md").read_text()
     assert "tdiv" in markdown  # the diverged trial is listed
-    assert "No hyperparameter importance figure" in markdown and "no local Optuna storage" in markdown
+    assert "No hyperparameter importance figure" in markdown and "no Optuna storage found" in markdown
 
 
 def test_analysis_imports_neither_torch_nor_ray():
@@ -392,7 +393,7 @@ def test_html_report_renders_in_chromium(cli_report, tmp_path):
     proc, out, _ = cli_report
     assert proc.returncode == 0, proc.stderr
     widths = browser.image_widths(str(out / "report.html"))
-    assert len(widths) == 4 and all(w > 100 for w in widths), widths
+    assert len(widths) == len(FIGURES) and all(w > 100 for w in widths), widths
     shot = tmp_path / "report.png"
     browser.screenshot(str(out / "report.html"), str(shot))
     assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000

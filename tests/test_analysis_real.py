@@ -18,6 +18,7 @@ from scipy import stats
 
 SEEDS = (0, 1)
 METHODS = ("admm", "magnitude")
+ARCH_REAL = "mobilenet_v2"
 
 
 def _tiny_config(method: str, seed: int) -> dict:
@@ -102,14 +103,25 @@ def test_report_from_real_trials_matches_hand_computation(real_experiment, tmp_p
     assert proc.returncode == 0, proc.stderr
     assert _hash_tree(real_experiment) == before
     html = tmp_path / "report" / "report.html"
-    assert html.read_text().count("data:image/png;base64,") == 4  # no Optuna storage: importance in words
+    text = html.read_text()
+    assert text.count("data:image/png;base64,") == 6  # no Optuna storage: importance in words
+    # the answer comes first: both methods at 50%, the paired difference of the 2 seeds in points
+    answer = text.split("<section id='summary'>")[1].split("</ul>")[0]
+    assert f"{ARCH_REAL} at 50.0% sparsity: " in answer
+    if diff.mean() == 0:  # 128 test images: accuracies move in steps of 1/128, a tie is possible
+        assert ": tie" in answer
+    else:
+        assert f"{100 * abs(diff.mean()):.1f} pp" in answer and "2 seeds" in answer
 
     import browser
 
     if browser.chromium() is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium): browser check not run")
     widths = browser.image_widths(str(html))
-    assert len(widths) == 4 and all(w > 100 for w in widths), widths
+    assert len(widths) == 6 and all(w > 100 for w in widths), widths
+    page = browser.layout(str(html), width=1280)  # the real report at a laptop's width
+    assert page["top"][:2] == ["h1", "section#summary"] and page["pageScrollWidth"] <= page["viewport"]
+    assert all(t["boxScrollWidth"] <= t["boxClientWidth"] for t in page["tables"]), page["tables"]
     shot = tmp_path / "real_report.png"
     browser.screenshot(str(html), str(shot))
     assert shot.stat().st_size > 20_000

@@ -1,0 +1,408 @@
+"""Tables a person reads: the report's data frames as text tables with human headings, accuracy in percent
+with one decimal (mean ± sample std over seeds), differences in percentage points, hyperparameters as
+``name=value`` lists (the ones that vary; the fixed ones once, in their own list), and every missing
+number as an em dash whose reason is a numbered footnote.
+
+Pure: DataFrames in, :class:`Display` out. The CSV files keep the raw frames at full precision (data, not
+presentation); HTML, Markdown and LaTeX show these.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Callable, Union
+
+import pandas as pd
+
+from . import summary as S
+from . import tables as T
+
+DASH = "—"
+MINUS = "−"  # U+2212: a minus sign, not a hyphen, in front of numbers
+_SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+ONE_SEED = "one seed: no standard deviation"
+NOT_PRUNED = "a dense model is not pruned: no pruning stages"
+NOT_RECORDED = "not recorded in the results"
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A missing number and why, shown as an em dash with a footnote."""
+
+    reason: str
+
+
+Cell = Union[str, Missing, tuple]  # a tuple joins its parts: ("61.2", " ± ", Missing(...))
+
+
+@dataclass
+class Display:
+    """One table as text. ``footnotes[i]`` explains the cells marked with superscript i+1; ``text_columns``
+    hold prose (hyperparameters, errors, cautions) that may wrap; the others are short numbers."""
+
+    frame: pd.DataFrame
+    footnotes: list[str] = field(default_factory=list)
+    text_columns: tuple[str, ...] = ()
+
+
+def superscript(n: int) -> str:
+    return str(n).translate(_SUPERSCRIPT)
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, numbers.Number) and math.isnan(float(value)))
+
+
+def render(frame: pd.DataFrame, spec: list[tuple[str, Callable[[dict], Cell]]],
+           text_columns: tuple[str, ...] = ()) -> Display:
+    """Apply ``spec`` (heading, cell function of a row dict) to every row; number the reasons of the
+    :class:`Missing` cells in order of first appearance."""
+    reasons: list[str] = []
+
+    def text(cell: Cell) -> str:
+        if isinstance(cell, Missing):
+            if cell.reason not in reasons:
+                reasons.append(cell.reason)
+            return DASH + superscript(reasons.index(cell.reason) + 1)
+        if isinstance(cell, tuple):
+            return "".join(text(c) for c in cell)
+        return str(cell)
+
+    rows = [[text(fn(row)) for _, fn in spec] for row in frame.to_dict("records")]
+    out = pd.DataFrame(rows, columns=[h for h, _ in spec])
+    return Display(out, reasons, text_columns)
+
+
+# --- numbers -------------------------------------------------------------------------------------------------
+
+def percent(x, reason: str = NOT_RECORDED) -> Cell:
+    """A fraction as percent with one decimal (no % sign: headings say the unit)."""
+    return Missing(reason) if _missing(x) else f"{100 * float(x):.1f}"
+
+
+def mean_std(mean, std, reason: str = NOT_RECORDED, std_reason: str = ONE_SEED) -> Cell:
+    """Accuracy fractions as ``61.2 ± 0.4`` percent; a missing std as ``61.2 ± —``."""
+    if _missing(mean):
+        return Missing(reason)
+    return (percent(mean), " ± ", percent(std, std_reason))
+
+
+def sparsity(x, reason: str = NOT_RECORDED) -> Cell:
+    """A sparsity fraction as ``49.9%``."""
+    return Missing(reason) if _missing(x) else f"{100 * float(x):.1f}%"
+
+
+def signed(x: float, decimals: int = 1) -> str:
+    text = f"{abs(x):.{decimals}f}"
+    return ("+" if x > 0 else MINUS if x < 0 else "") + text if float(text) != 0 else text
+
+
+def points(x, reason: str = NOT_RECORDED) -> Cell:
+    """A difference of accuracy fractions in signed percentage points, one decimal."""
+    return Missing(reason) if _missing(x) else signed(100 * float(x))
+
+
+def interval(lo, hi, reason: str) -> Cell:
+    if _missing(lo) or _missing(hi):
+        return Missing(reason)
+    return f"{signed(100 * float(lo))} to {signed(100 * float(hi))}"
+
+
+def p_value(p, reason: str) -> Cell:
+    if _missing(p):
+        return Missing(reason)
+    return "<0.001" if p < 0.001 else f"{p:.2g}" if p < 0.1 else f"{p:.2f}"
+
+
+def count(x, reason: str = NOT_RECORDED) -> Cell:
+    return Missing(reason) if _missing(x) else f"{int(x)}"
+
+
+def scaled(x, reason: str = NOT_RECORDED) -> Cell:
+    """A large count with three significant digits and a k / M / G suffix (parameters, MACs)."""
+    if _missing(x):
+        return Missing(reason)
+    x = float(x)
+    for factor, suffix in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if abs(x) >= factor:
+            return f"{x / factor:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def duration(seconds) -> Cell:
+    if _missing(seconds):
+        return Missing(NOT_RECORDED)
+    minutes = float(seconds) / 60
+    return f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+
+
+def value_text(value) -> str:
+    """A hyperparameter value as a reader types it: 0.001, 1e-05, True, cosine, none."""
+    if _missing(value):
+        return "none"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return f"{float(value):.3g}"
+    return str(value)
+
+
+def settings_text(row: dict, names: list[str]) -> str:
+    """``name=value`` pairs of ``names`` in ``row``, comma separated; '(none vary)' when there are none."""
+    pairs = [f"{n}={value_text(row.get(n))}" for n in names]
+    return ", ".join(pairs) if pairs else "(none vary)"
+
+
+def _per_method(settings: pd.DataFrame) -> dict[str, tuple[list[str], list[str]]]:
+    """Per method, the hyperparameters of ``settings`` (one row per configuration) that (vary among its
+    configurations, are fixed within it). A column null in every configuration of the method (a field of the
+    other method: rho for magnitude, say) is in neither."""
+    names = [c for c in settings.columns if c not in (*T.GROUP, "config")]
+    out = {}
+    for method, rows in settings.groupby("method"):
+        used = [n for n in names if rows[n].notna().any()]
+        varying = T.varying_hyperparameters(rows.reindex(columns=used))
+        out[method] = ([n for n in used if n in varying], [n for n in used if n not in varying])
+    return out
+
+
+def hyperparameter_labels(settings: pd.DataFrame) -> dict[str, str]:
+    """config id -> ``name=value, ...`` of the hyperparameters that vary among its method's configurations
+    (``settings``: ``tables.config_settings``)."""
+    varying = {m: v for m, (v, _) in _per_method(settings).items()}
+    return {row["config"]: settings_text(row, varying.get(row["method"], []))
+            for row in settings.to_dict("records")}
+
+
+def fixed_text(fixed: pd.DataFrame, settings: pd.DataFrame) -> str:
+    """The fixed hyperparameters as ``name=value`` lists: those with one value in every trial, then per
+    method those that vary in the sweep only because the other method lacks them (rho for ADMM, say)."""
+    parts = [", ".join(f"{r['hyperparameter']}={_fixed_value(r['value'])}" for r in fixed.to_dict("records"))]
+    for method, (_, constant) in sorted(_per_method(settings).items()):
+        if constant:
+            first = settings[settings["method"] == method].iloc[0].to_dict()
+            parts.append(f"{method} only: " + settings_text(first, constant))
+    return "; ".join(p for p in parts if p)
+
+
+# --- the report's tables ---------------------------------------------------------------------------------------
+
+def _level(row: dict) -> Cell:
+    return sparsity(row["sparsity_level"])
+
+
+def _verdict_text(row: dict) -> str:
+    leader, verdict = row.get("leader") or "", row["verdict"]
+    if verdict == "wins":
+        return f"{leader} wins"
+    if verdict == "unresolved":
+        return f"no clear winner ({leader} ahead)"
+    if verdict == "one seed":
+        return f"{leader} ahead (one seed)"
+    if verdict == "one method":
+        return f"only {row['methods'].replace(',', ', ')} ran"
+    return verdict
+
+
+def show_summary(summary: pd.DataFrame) -> Display:
+    """The answer per (arch, level): both methods' test accuracy, the dense control, the paired difference
+    and interval, seeds and verdict (the cautions are in :func:`answers`, shown beside the table)."""
+    first, second = S.FIRST, S.SECOND
+    no_pair = "this method did not finish at this level, or no seed ran both methods"
+    no_diff = "only one method finished at this level: no difference"
+    spec = [
+        ("Architecture", lambda r: r["arch"]), ("Sparsity", _level),
+        (f"{first} (test %)", lambda r: mean_std(r[f"final_test_acc_{first}_mean"],
+                                                 r[f"final_test_acc_{first}_std"], no_pair)),
+        (f"{second} (test %)", lambda r: mean_std(r[f"final_test_acc_{second}_mean"],
+                                                  r[f"final_test_acc_{second}_std"], no_pair)),
+        ("Dense control (test %)", lambda r: mean_std(r["control_test_acc_mean"], r["control_test_acc_std"],
+                                                      T.CONTROL_MISSING)),
+        (f"{first} {MINUS} {second} (pp)", lambda r: points(r["mean_diff"], no_diff)),
+        ("95% interval (pp)", lambda r: interval(r["ci95_lo"], r["ci95_hi"], "fewer than 2 paired seeds: no interval")),
+        ("Paired seeds", lambda r: count(r["n_pairs"])), ("Verdict", _verdict_text)]
+    return render(summary, spec)
+
+
+def _model(row: dict) -> str:
+    return "dense control" if row["row"] == "control" else row["method"]
+
+
+def _stage(stage: str) -> Callable[[dict], Cell]:
+    def cell(row: dict) -> Cell:
+        if row["row"] == "control":
+            return Missing(NOT_PRUNED)
+        return mean_std(row[f"{stage}_test_acc_mean"], row[f"{stage}_test_acc_std"])
+    return cell
+
+
+def _final(row: dict) -> Cell:
+    reason = (row.get("note") or T.CONTROL_MISSING) if row["row"] == "control" else NOT_RECORDED
+    return mean_std(row["final_test_acc_mean"], row["final_test_acc_std"], reason)
+
+
+def show_comparison(comparison: pd.DataFrame) -> Display:
+    """The comparison table: each method's chosen configuration through its stages, and the dense control."""
+    spec = [
+        ("Architecture", lambda r: r["arch"]), ("Model", _model), ("Sparsity", _level),
+        ("Achieved", lambda r: sparsity(r["achieved_sparsity_mean"])),
+        ("Val % (selects)", lambda r: percent(r["final_val_acc_mean"], "the dense control is not selected")
+         if r["row"] != "control" else Missing("the dense control is not selected")),
+        ("Dense start", lambda r: mean_std(r["dense_start_test_acc_mean"], r["dense_start_test_acc_std"])),
+        ("Pre-prune", _stage("pre_prune")), ("Post-prune", _stage("post_prune")),
+        ("Post-prune, stale BN", _stage("post_prune_stale_bn")), ("Final", _final),
+        ("Seeds", lambda r: count(r["n_seeds"])),
+        ("Epochs", lambda r: count(r["budget_epochs"], "the seeds' epoch budgets differ"))]
+    return render(comparison, spec)
+
+
+def show_best(best: pd.DataFrame, settings: pd.DataFrame) -> Display:
+    """The chosen configuration per (arch, method): its varying hyperparameters as ``name=value``."""
+    applicable = {m: [n for n in v if n in best.columns] for m, (v, _) in _per_method(settings).items()}
+    spec = [
+        ("Architecture", lambda r: r["arch"]), ("Method", lambda r: r["method"]), ("Sparsity", _level),
+        ("Achieved", lambda r: sparsity(r["achieved_sparsity_mean"])),
+        ("Hyperparameters", lambda r: settings_text(r, applicable.get(r["method"], []))),
+        ("Seeds", lambda r: count(r["n_seeds"])), ("Val %", lambda r: percent(r["final_val_acc_mean"]))]
+    return render(best, spec, text_columns=("Hyperparameters",))
+
+
+def _fixed_value(value) -> str:
+    return value_text(None if value == "null" else value)  # tables.fixed_hyperparameters spells null "null"
+
+
+def show_fixed(fixed: pd.DataFrame) -> Display:
+    spec = [("Hyperparameter", lambda r: r["hyperparameter"]), ("Value", lambda r: _fixed_value(r["value"]))]
+    return render(fixed, spec)
+
+
+def show_pareto(front: pd.DataFrame, labels: dict[str, str]) -> Display:
+    """Pareto front rows with readable settings instead of configuration ids; dense controls first."""
+    def setting(r: dict) -> str:
+        if r["row"] == "control":
+            return f"dense recipe, {value_text(r['budget_epochs'])} epochs"
+        return labels.get(r["config"], r["config"])
+
+    spec = [
+        ("Architecture", lambda r: r["arch"]), ("Model", _model), ("Sparsity", _level),
+        ("Achieved", lambda r: sparsity(r["achieved_sparsity"])),
+        ("Val %", lambda r: percent(r["final_val_acc"], r.get("note") or NOT_RECORDED)),
+        ("Test %", lambda r: percent(r["final_test_acc"], r.get("note") or NOT_RECORDED)),
+        ("Nonzero params", lambda r: scaled(r["nonzero_params"])),
+        ("Nonzero MACs", lambda r: scaled(r["nonzero_macs"])), ("Seeds", lambda r: count(r["n_seeds"])),
+        ("Hyperparameters", setting)]
+    return render(front, spec, text_columns=("Hyperparameters",))
+
+
+def show_paired(paired: pd.DataFrame) -> Display:
+    first, second = S.FIRST, S.SECOND
+    no_ci = "fewer than 2 paired seeds: no interval"
+    spec = [
+        ("Architecture", lambda r: r["arch"]), ("Sparsity", _level),
+        (f"Achieved, {first}", lambda r: sparsity(r[f"achieved_sparsity_{first}"])),
+        (f"Achieved, {second}", lambda r: sparsity(r[f"achieved_sparsity_{second}"])),
+        (f"{first} {MINUS} {second} (pp)", lambda r: points(r["mean_diff"])),
+        ("95% interval (pp)", lambda r: interval(r["ci95_lo"], r["ci95_hi"], no_ci)),
+        ("p (paired t)", lambda r: p_value(r["p_value"], r["note"] or no_ci)),
+        ("Seeds", lambda r: f"{int(r['n_pairs'])} ({r['seeds']})" if r["n_pairs"] else "0")]
+    return render(paired, spec)
+
+
+def show_accounting(accounts: pd.DataFrame) -> Display:
+    spec = [("Architecture", lambda r: r["arch"]), ("Method", lambda r: r["method"]),
+            ("Trials", lambda r: count(r["trials"])), ("Configurations", lambda r: count(r["configurations"])),
+            *((status, (lambda s: lambda r: count(r[s]))(status)) for status in (*T.STATUSES, "other")),
+            ("Compute", lambda r: duration(r["compute_s"]))]
+    return render(accounts, spec)
+
+
+def show_not_ok(rows: pd.DataFrame, labels: dict[str, str]) -> Display:
+    spec = [("Architecture", lambda r: r["arch"]), ("Method", lambda r: r["method"]),
+            ("Trial", lambda r: r["trial_id"]), ("Seed", lambda r: count(r["seed"])),
+            ("Status", lambda r: r["status"]),
+            ("Sparsity", lambda r: _level(r) if not _missing(r["sparsity_level"])
+             else Missing("the trial stopped before its sparsity set was built")),
+            ("Hyperparameters", lambda r: labels.get(r["config"], "")), ("Error", lambda r: r["error"] or "")]
+    return render(rows, spec, text_columns=("Hyperparameters", "Error"))
+
+
+# --- the answer in words -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Answer:
+    """One line of the answer: ``headline`` (bold in HTML), ``detail`` after it, ``caution`` ("" if none)."""
+
+    headline: str
+    detail: str
+    caution: str
+
+
+def _pct(x) -> str:
+    return f"{100 * float(x):.1f}%"
+
+
+def _accuracies(row: dict) -> str:
+    first, second = S.FIRST, S.SECOND
+    text = (f"test accuracy {first} {_pct(row[f'final_test_acc_{first}_mean'])} vs {second} "
+            f"{_pct(row[f'final_test_acc_{second}_mean'])}")
+    control = row["control_test_acc_mean"]
+    if _missing(control):
+        return text + "; no dense control"
+    best = max(row[f"final_test_acc_{first}_mean"], row[f"final_test_acc_{second}_mean"])
+    return text + f"; dense control {_pct(control)}" + (", above both" if control > best else "")
+
+
+def _answer(row: dict) -> Answer:
+    where = f"{row['arch']} at {_pct(row['sparsity_level'])} sparsity"
+    verdict, leader = row["verdict"], row.get("leader") or ""
+    caution = row["caution"] or ""
+    if verdict == "one method":
+        ran = [m for m in row["methods"].split(",") if not _missing(row.get(f"final_test_acc_{m}_mean"))]
+        accs = "; ".join(f"{m} {_pct(row[f'final_test_acc_{m}_mean'])}" for m in ran)
+        control = row.get("control_test_acc_mean")
+        control = "" if _missing(control) else f"; dense control {_pct(control)}"
+        detail = f"Nothing to compare at this level (test accuracy {accs}{control})." if accs else "Nothing to compare."
+        return Answer(f"{where}: only {row['methods'].replace(',', ', ')} finished.", detail, caution)
+    if verdict == "no pairs":
+        return Answer(f"{where}: no paired seeds.", "The methods ran on different seeds.", caution)
+    diff = f"{abs(100 * row['mean_diff']):.1f} pp"
+    ci = f"{signed(100 * row['ci95_lo'])} to {signed(100 * row['ci95_hi'])} pp" if verdict in ("wins", "unresolved") \
+        else ""
+    n = int(row["n_pairs"])
+    if verdict == "wins":
+        return Answer(f"{where}: {leader} wins by {diff}",
+                      f"(paired 95% interval {ci} over {n} seeds; {_accuracies(row)}).", caution)
+    if verdict == "unresolved":
+        return Answer(f"{where}: no clear winner.",
+                      f"{leader} is ahead by {diff}, but the paired 95% interval ({ci}, {n} seeds) includes 0 "
+                      f"({_accuracies(row)}).", caution)
+    if verdict == "one seed":
+        return Answer(f"{where}: {leader} ahead by {diff} on one seed",
+                      f"(no interval; {_accuracies(row)}).", caution)
+    return Answer(f"{where}: tie", f"({_accuracies(row)}).", caution)
+
+
+def shared_cautions(items: list[Answer]) -> tuple[list[Answer], str]:
+    """(the answers without the cautions every one of them carries, those shared cautions as one line), so a
+    caution about the whole sweep is said once. Needs two answers or more to share anything."""
+    if len(items) < 2:
+        return items, ""
+    parts = [a.caution.split(S.CAUTION_SEPARATOR) if a.caution else [] for a in items]
+    shared = [p for p in parts[0] if all(p in other for other in parts[1:])]
+    rest = [Answer(a.headline, a.detail, S.CAUTION_SEPARATOR.join(p for p in ps if p not in shared))
+            for a, ps in zip(items, parts)]
+    return rest, S.CAUTION_SEPARATOR.join(shared)
+
+
+def answer_text(answer: Answer) -> str:
+    """One answer as plain text: headline, detail, and its caution."""
+    return f"{answer.headline} {answer.detail}" + (f" Caution: {answer.caution}." if answer.caution else "")
+
+
+def answers(summary: pd.DataFrame) -> list[Answer]:
+    """The summary table as sentences, one per (arch, level), in the table's order."""
+    return [_answer(row) for row in summary.to_dict("records")]

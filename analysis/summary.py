@@ -1,0 +1,171 @@
+"""The answer a report opens with: per architecture and comparison sparsity, which method wins and by how
+much (final TEST accuracy, paired by seed), with the 95% interval, the number of seeds, and a one-line
+caution where the evidence is thin. Pure: DataFrames in, DataFrame out (words in the ``caution`` column).
+
+The two methods compared are the first two of the registry (``trainables.config.METHODS``), first minus
+second, as in :func:`analysis.tables.paired_comparison`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from trainables.config import METHODS
+
+from . import tables as T
+
+FIRST, SECOND = METHODS[0], METHODS[1]
+# Configurations Optuna's samplers draw at random before they model the space (their defaults, Optuna 4):
+# TPESampler(n_startup_trials=10), GPSampler(n_startup_trials=10), NSGAIISampler(population_size=50: the first
+# generation is random). A study with fewer configurations than this was a random search.
+SAMPLER_STARTUP = {"tpe": 10, "gp": 10, "nsga2": 50}
+SAMPLER_NAMES = {"tpe": "TPE", "gp": "GP", "nsga2": "NSGA-II"}
+CAUTION_SEPARATOR = "; "  # between the cautions of one row (the caution column is one line of words)
+DEFAULT_SAMPLER = "tpe"  # `python -m sweep run`'s default, assumed when an experiment has no sweep.json
+
+
+@dataclass(frozen=True)
+class Search:
+    """How the configurations were searched: the sampler (``sweep.json``'s ``sampler``), the configurations
+    it draws at random before modelling (``startup``), and whether the space was a grid (nothing searched)."""
+
+    sampler: str = DEFAULT_SAMPLER
+    startup: int = SAMPLER_STARTUP[DEFAULT_SAMPLER]
+    grid: bool = False
+    known: bool = False  # False: no sweep.json said so; the sweep's default sampler is assumed
+
+    @property
+    def name(self) -> str:
+        return SAMPLER_NAMES.get(self.sampler, self.sampler)
+
+
+def search_info(options: list[dict]) -> Search:
+    """The search of the experiments whose ``sweep.json`` options are ``options`` (empty dicts where an
+    experiment has none). ``sampler_startup_trials`` or ``grid`` in the options win over the defaults; with
+    several experiments the largest startup count is used (the cautious reading)."""
+    known = [o for o in options if o]
+    if not known:
+        return Search()
+    samplers = [str(o.get("sampler") or DEFAULT_SAMPLER) for o in known]
+    startups = [int(o.get("sampler_startup_trials") or SAMPLER_STARTUP.get(s, 0)) for o, s in zip(known, samplers)]
+    i = int(np.argmax(startups))
+    return Search(samplers[i], startups[i], grid=all(bool(o.get("grid")) for o in known), known=True)
+
+
+def _verdict(row: dict) -> tuple[str, str]:
+    """(leading method or "", verdict): wins (the 95% interval excludes 0), unresolved (it includes 0),
+    one seed (no interval), tie (equal means)."""
+    diff = row["mean_diff"]
+    if row["n_pairs"] == 0 or math.isnan(diff):
+        return "", "no pairs"
+    if diff == 0:
+        return "", "tie"
+    leader = FIRST if diff > 0 else SECOND
+    if row["n_pairs"] < 2:
+        return leader, "one seed"
+    excludes = row["ci95_lo"] > 0 or row["ci95_hi"] < 0
+    return leader, "wins" if excludes else "unresolved"
+
+
+def _seed_caution(n_pairs: int) -> str:
+    if n_pairs == 0:
+        return "no seed ran both methods, so nothing is paired"
+    if n_pairs == 1:
+        return "one seed: no interval, and the difference may be seed noise"
+    if n_pairs == 2:
+        return "two seeds: the interval rests on one degree of freedom"
+    return ""
+
+
+def _search_caution(configs: dict[str, int], search: Search) -> str:
+    """Words for studies with fewer configurations than the sampler draws at random before it models."""
+    if search.grid or not configs:
+        return ""
+    few = min(configs.values())
+    if few >= search.startup:
+        return ""
+    who = search.name if search.known else f"{search.name} (the sweep's default sampler)"
+    counts = ", ".join(f"{m} {n}" for m, n in sorted(configs.items()))
+    return (f"configurations per study ({counts}) below the {search.startup} that {who} draws at random before "
+            "it models the space: essentially random search")
+
+
+def _not_ok_caution(accounts: pd.DataFrame) -> str:
+    bad = int(accounts["trials"].sum() - accounts["ok"].sum())
+    if bad == 0:
+        return ""
+    return f"{bad} of {int(accounts['trials'].sum())} trials did not finish ok (see Trials not scored)"
+
+
+def _control(trials: pd.DataFrame, row: dict) -> tuple[float, float]:
+    """The dense control's test accuracy (mean, sample std) over the paired seeds of ``row``, for the
+    configurations chosen at its level; NaN when missing or when they use more than one dense recipe."""
+    table = T.comparison_table(trials[trials["arch"] == row["arch"]], row["sparsity_level"])
+    ids = ",".join(table.loc[table["row"] == "pruned", "trial_ids"]).split(",")
+    ok = T.with_control(T.ok_trials(trials))
+    chosen = ok[ok["trial_id"].isin(ids) & (ok["arch"] == row["arch"])
+                & ok["seed"].astype(str).isin(str(row["seeds"]).split(","))]
+    if chosen.empty or T.control_group(chosen).nunique() != 1:
+        return math.nan, math.nan
+    values = chosen.drop_duplicates(["seed", "control_key"])["control_test_acc"].dropna()
+    if values.empty:
+        return math.nan, math.nan
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+SUMMARY_COLUMNS = [
+    "arch", "sparsity_level", f"achieved_sparsity_{FIRST}", f"achieved_sparsity_{SECOND}",
+    *(f"final_test_acc_{m}_{k}" for m in (FIRST, SECOND) for k in ("mean", "std")),
+    "control_test_acc_mean", "control_test_acc_std", "mean_diff", "ci95_lo", "ci95_hi", "p_value", "n_pairs",
+    "seeds", "leader", "verdict", f"configurations_{FIRST}", f"configurations_{SECOND}", "methods", "caution"]
+
+
+def _unpaired_rows(trials: pd.DataFrame, paired: pd.DataFrame) -> list[dict]:
+    """A row for each (arch, level) where ok trials exist but not both methods: the method(s) that finished,
+    with their test accuracy and the dense control's, and no difference (nothing to compare)."""
+    ok = T.annotate(T.ok_trials(trials))
+    have = set(zip(paired["arch"], paired["sparsity_level"]))
+    rows = []
+    for (arch, level), group in ok.groupby(["arch", "sparsity_level"], sort=True):
+        if (arch, level) in have:
+            continue
+        table = T.comparison_table(trials[trials["arch"] == arch], level)
+        row = {"arch": arch, "sparsity_level": level, "n_pairs": 0, "seeds": "", "leader": "",
+               "verdict": "one method", "methods": ",".join(sorted(group["method"].unique())), "caution": ""}
+        for r in table.to_dict("records"):
+            key = "control" if r["row"] == "control" else f"final_test_acc_{r['method']}"
+            if key == "control" and (table["row"] == "control").sum() != 1:
+                continue  # several dense recipes: no single control to show
+            prefix = "control_test_acc" if key == "control" else key
+            row.update({f"{prefix}_mean": r["final_test_acc_mean"], f"{prefix}_std": r["final_test_acc_std"]})
+            if key != "control":
+                row[f"achieved_sparsity_{r['method']}"] = r["achieved_sparsity_mean"]
+        rows.append(row)
+    return rows
+
+
+def summary_table(trials: pd.DataFrame, search: Search = Search()) -> pd.DataFrame:
+    """One row per (arch, comparison level): both methods' final test accuracy over the paired seeds, the
+    dense control's, the paired difference (first minus second, fractions) with its 95% interval and
+    p-value, the leader and verdict (:func:`_verdict`), configurations per study, and a one-line caution
+    where the evidence is thin (few seeds, a study smaller than the sampler's random start, trials that did
+    not finish). Rows where only one method finished say so. Empty frame without ok trials."""
+    paired = T.paired_comparison(trials, FIRST, SECOND)
+    accounts = T.accounting(trials)
+    rows = []
+    for row in paired.to_dict("records"):
+        mine = accounts[accounts["arch"] == row["arch"]]
+        configs = dict(zip(mine["method"], mine["configurations"].astype(int)))
+        leader, verdict = _verdict(row)
+        mean, std = _control(trials, row)
+        cautions = [_seed_caution(row["n_pairs"]), _search_caution(configs, search), _not_ok_caution(mine)]
+        rows.append({**row, "control_test_acc_mean": mean, "control_test_acc_std": std, "leader": leader,
+                     "verdict": verdict, **{f"configurations_{m}": configs.get(m, 0) for m in (FIRST, SECOND)},
+                     "methods": f"{FIRST},{SECOND}", "caution": CAUTION_SEPARATOR.join(c for c in cautions if c)})
+    rows += _unpaired_rows(trials, paired)
+    table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    return table.sort_values(["arch", "sparsity_level"], kind="stable").reset_index(drop=True)
