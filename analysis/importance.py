@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 
-from trainables import schema
+from results.storage import resolve
 
 from .load import display_name, find_optuna_storage
 
@@ -82,7 +82,7 @@ def _copy_storage(storage: str, tmp: str) -> str:
     """Copy ``storage`` (a local file with its SQLite side files, or an object-store URI) into ``tmp``."""
     if "://" in storage and not storage.startswith("file://"):
         name = posixpath.basename(storage.partition("?")[0])
-        fs, path = schema.resolve(storage)
+        fs, path = resolve(storage)
         copy = os.path.join(tmp, name)
         with fs.open_input_stream(path) as src, open(copy, "wb") as dst:
             shutil.copyfileobj(src, dst)

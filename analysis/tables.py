@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from trainables import schema
+from results import schema
 from trainables.config import dense_fields
 
 GROUP = ("arch", "method")

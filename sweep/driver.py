@@ -62,14 +62,14 @@ def start(args: argparse.Namespace, write: Callable[[str], None]) -> str:
     experiment = experiment_path(storage, name)
     options = {**vars(args), "storage": storage, "name": name, "gpus_per_trial": gpus, "archs": archs,
                "base": base, "optuna_storage": JOURNAL}
-    from trainables.schema import write_bytes
+    from results.storage import write_bytes
 
     write_bytes(experiment, OPTIONS_FILE, json.dumps(options, indent=1, sort_keys=True).encode())
     return launch(options, space, resume=False, write=write, splits=splits)
 
 
 def resume(args: argparse.Namespace, write: Callable[[str], None]) -> str:
-    from trainables.schema import read_bytes
+    from results.storage import read_bytes
 
     storage = args.storage if "://" in args.storage else os.path.abspath(args.storage)
     experiment = experiment_path(storage, args.name)
@@ -232,9 +232,9 @@ def summarize(experiment: str) -> str:
     import pandas as pd
 
     try:
-        from trainables import schema
+        from results import schema, storage
 
-        fs, base = schema.resolve(schema.table_dir(experiment, "trials"))
+        fs, base = storage.resolve(schema.table_dir(experiment, "trials"))
         trials = pd.read_parquet(base, filesystem=fs)
     except (FileNotFoundError, OSError, ValueError):
         return f"no trial results in {experiment}"

@@ -248,7 +248,7 @@ def without_params(space: sp.Space, keys: set[str]) -> sp.Space:
 
 
 def experiment_path(storage: str, name: str) -> str:
-    from trainables.schema import join
+    from results.storage import join
 
     return join(storage, name)
 
@@ -256,7 +256,7 @@ def experiment_path(storage: str, name: str) -> str:
 def exists(path: str) -> bool:
     import pyarrow.fs as pafs
 
-    from trainables import schema
+    from results import schema, storage
 
-    fs, p = schema.resolve(path)
+    fs, p = storage.resolve(path)
     return fs.get_file_info(p).type != pafs.FileType.NotFound

@@ -7,7 +7,7 @@ report marker, see sweep.ray_tune.to_tune_metrics).
 
 from __future__ import annotations
 
-from trainables.schema import STATUSES
+from results.schema import STATUSES
 
 __all__ = ["STATUSES", "trial_status"]
 

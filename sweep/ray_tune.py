@@ -22,9 +22,9 @@ from typing import Any, Callable
 import ray
 from ray import tune
 
-from trainables import schema
+from results import schema
 from trainables.config import TrialConfig
-from trainables.schema import read_bytes, write_bytes
+from results.storage import read_bytes, write_bytes
 
 from .outcome import trial_status
 from .searcher import META_KEYS

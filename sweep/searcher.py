@@ -130,7 +130,7 @@ class MultiStudySearcher(Searcher):
         is handed out afresh instead of waiting (and holding a concurrency slot) forever.
         """
         self.rebuild_from_storage()
-        from trainables.schema import parent
+        from results.storage import parent
 
         known = tune_trial_ids(parent(self.storage_path))
         if known is None:
@@ -259,7 +259,7 @@ class JournalMirror:
             self.local = path.removeprefix("file://")
             os.makedirs(os.path.dirname(os.path.abspath(self.local)), exist_ok=True)
             return
-        from trainables.schema import parent, read_bytes
+        from results.storage import parent, read_bytes
 
         digest = hashlib.sha1(path.encode()).hexdigest()[:16]
         folder = os.path.join(tempfile.gettempdir(), "prunesweep-journals", digest)
@@ -274,7 +274,7 @@ class JournalMirror:
     def push(self) -> None:
         if not self.remote:
             return
-        from trainables.schema import write_bytes
+        from results.storage import write_bytes
 
         with open(self.local, "rb") as f:
             write_bytes(self.folder, self.name, f.read())
@@ -284,7 +284,7 @@ def tune_trial_ids(experiment: str) -> set[str] | None:
     """Trial ids in Tune's newest experiment state file in ``experiment`` (None when there is none)."""
     import pyarrow.fs as pafs
 
-    from trainables.schema import resolve
+    from results.storage import resolve
 
     fs, base = resolve(experiment)
     infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))

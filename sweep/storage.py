@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
-import posixpath
 import uuid
 from typing import Any
 
 import pyarrow.fs as pafs
 import ray
+
+from results import storage as results_storage
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 __all__ = ["StorageError", "check_storage"]
@@ -90,36 +91,20 @@ def is_local(root: str) -> bool:
     return "://" not in root
 
 
-def resolve(root: str) -> tuple[pafs.FileSystem, str]:
-    """File system and base path of a normalised storage (URI query options such as
-    ``?endpoint_override=`` configure the file system, so names are joined to the base path, never the URI)."""
-    if is_local(root):
-        return pafs.LocalFileSystem(), root
-    return pafs.FileSystem.from_uri(root)
-
-
 def write_text(root: str, name: str, text: str) -> None:
     """Write ``text`` to the file ``name`` directly inside ``root``, creating ``root`` when missing."""
-    fs, base = resolve(root)
-    fs.create_dir(base, recursive=True)
-    with fs.open_output_stream(posixpath.join(base, name)) as out:
-        out.write(text.encode())
+    results_storage.write_bytes(root, name, text.encode())
 
 
 def read_text(root: str, name: str) -> str | None:
-    """The text of ``name`` inside ``root``, or None when it does not exist (other errors propagate)."""
-    fs, base = resolve(root)
-    try:
-        with fs.open_input_stream(posixpath.join(base, name)) as f:
-            return f.read().decode()
-    except FileNotFoundError:
-        return None
+    """The text of ``name`` inside ``root``, or None when it does not exist."""
+    data = results_storage.read_bytes(root, name)
+    return None if data is None else data.decode()
 
 
 def delete_file(root: str, name: str) -> None:
     try:
-        fs, base = resolve(root)
-        fs.delete_file(posixpath.join(base, name))
+        results_storage.delete(root, name)
     except Exception as err:  # a leftover probe is harmless: log, do not hide the real outcome
         log.warning("could not delete storage probe %s in %s: %s", name, root, err)
 
@@ -138,8 +123,7 @@ def probe_node(root: str, probe: str, token: str) -> dict[str, Any]:
     own = PROBE_PREFIX + uuid.uuid4().hex
     try:
         write_text(root, own, "node")
-        fs, base = resolve(root)
-        fs.delete_file(posixpath.join(base, own))
+        results_storage.delete(root, own)
     except Exception as err:
         out["write_error"] = f"writing failed: {err}"
     return out

@@ -1,7 +1,7 @@
 """analysis: tables checked against values recomputed by hand from the same Parquet rows, the CLI's
 outputs, bad input, and the rule that a report never touches the experiment folder.
 
-Results come from a small schema-valid generator written through trainables.schema.write_trial_table (the
+Results come from a small schema-valid generator written through results.schema.write_trial_table (the
 real writer); see test_analysis_real.py for results of a real tiny trial.
 """
 
@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
-from trainables import schema
+from results import schema
 from trainables.config import TrialConfig
 
 ARCH = "mobilenet_v2"

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from test_analysis import ARCH, _trial_rows, write_trial
-from trainables import schema
+from results import schema
 
 
 def _row(tid, method, seed, sparsity=0.5, lr=1e-3, *, arch=ARCH, **kw) -> dict:

@@ -199,7 +199,7 @@ def test_object_store_uri_accepted_when_every_node_writes_it(cluster, s3_bucket)
 
 
 def test_uri_join_keeps_query_options_at_the_end():
-    from trainables.schema import join, parent
+    from results.storage import join, parent
 
     assert join("s3://b/sweeps?endpoint_override=h:1&scheme=http", "exp", "optuna.journal") == \
         "s3://b/sweeps/exp/optuna.journal?endpoint_override=h:1&scheme=http"
@@ -216,7 +216,7 @@ def test_optuna_journal_on_an_object_store_survives_a_new_driver(s3_bucket, tmp_
 
     from sweep import spaces as sp
     from sweep.searcher import MultiStudySearcher, StudySpec
-    from trainables.schema import join
+    from results.storage import join
 
     options, fs = s3_bucket
     journal = join(f"s3://sweeps/exp?{options}", "optuna.journal")
@@ -266,4 +266,5 @@ def test_sweep_on_an_object_store_writes_every_table_there_and_resumes(s3_bucket
     assert {"optuna.journal", "sweep.json", "tuner.pkl"} <= names
     assert any(n.startswith("experiment_state-") for n in names)
     builds = fs.open_input_stream("sweeps/runs/s3x/dense/builds.json").read()
-    assert json.loads(builds) == {trials["dense_key"].iloc[0]: 1}  # one dense model, not rebuilt on resume
+    # one dense model and its dense control, neither rebuilt on resume
+    assert json.loads(builds) == {trials["dense_key"].iloc[0]: 1, trials["control_key"].iloc[0]: 1}

@@ -235,7 +235,7 @@ def test_a_methods_config_fields_reach_the_trials_table_and_the_grouping(method)
     import pandas as pd
 
     from analysis.tables import CONFIG_COLUMNS, config_key
-    from trainables import schema
+    from results import schema
 
     assert set(C.METHOD_FIELDS) == set(METHODS)
     row = C.TrialConfig.from_dict({"method": method}).hyperparameters()

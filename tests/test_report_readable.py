@@ -189,7 +189,7 @@ LONG_ERROR = ("RuntimeError: loss became nan at epoch 3 step 17 of the sparsify 
 
 
 def _write_diverged(root, tid: str, error: str) -> None:
-    from trainables import schema
+    from results import schema
 
     rows = _trial_rows(tid, "admm", 0, 0.5, 10.0, status="diverged")
     rows["trials"][0]["error"] = error

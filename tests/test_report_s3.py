@@ -1,7 +1,7 @@
 """`python -m analysis report` reads an experiment where it lies on an object store (s3://, a real S3 API
 server: moto on loopback), merges it with a local experiment, and writes nothing to either.
 
-Results are written with the project's own writer (trainables.schema.write_trial_table, which takes the
+Results are written with the project's own writer (results.schema.write_trial_table, which takes the
 same URI), the Optuna journal and sweep.json are uploaded as the sweep uploads them.
 """
 
@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from test_analysis import ARCH, write_trial
-from trainables import schema
+from results import schema, storage
 
 
 @pytest.fixture
@@ -39,8 +39,8 @@ def s3_experiment(monkeypatch, tmp_path):
         write_trial(uri, f"s3a{seed}", "admm", seed, 0.5, 1e-3)
         write_trial(uri, f"s3m{seed}", "magnitude", seed, 0.5, 1e-3)
     write_trial(uri, "s3div", "admm", 0, 0.5, 10.0, status="diverged")
-    schema.write_bytes(uri, "sweep.json", json.dumps({"sampler": "tpe", "optuna_storage": "optuna.journal"}).encode())
-    schema.write_bytes(uri, "optuna.journal", _journal_bytes(tmp_path))
+    storage.write_bytes(uri, "sweep.json", json.dumps({"sampler": "tpe", "optuna_storage": "optuna.journal"}).encode())
+    storage.write_bytes(uri, "optuna.journal", _journal_bytes(tmp_path))
     yield uri, fs
     server.stop()
 

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from trainables import schema
+from results import schema
 from trainables.models import first_conv_name
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables import schema
+from results import schema, storage
 from trainables.config import ConfigError, TrialConfig, precision
 from trainables.data import Loader, Splits, load_splits
 from trainables.methods import (Dense, MaskedFinetune, PruningMethod, check_admm_schedule, check_gradual_schedule,
@@ -67,10 +67,7 @@ class FileDenseStore:
                     with open(path, "rb") as f:
                         return f.read()
                 payload = build()
-                fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-")
-                with os.fdopen(fd, "wb") as f:
-                    f.write(payload)
-                os.replace(tmp, path)
+                storage.write_bytes(self.folder, f"{key}.pt", payload)
                 return payload
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)

@@ -1,6 +1,6 @@
 """The results schema: table names, columns, types and version, shared by the writer and the reader.
 
-Imports pyarrow and the torch-free ``trainables.config`` only (never torch or Ray), so ``analysis`` can read
+Imports pyarrow, ``results.storage`` and the torch-free ``trainables.config`` only (never torch or Ray), so ``analysis`` can read
 results with light dependencies. The trials table's hyperparameter columns are generated from TrialConfig
 (``config.hyperparameter_fields``): a new config field reaches the results and the analysis grouping by itself.
 
@@ -9,8 +9,8 @@ datasets read a table whole)::
 
     results/<table>/arch=<arch>/method=<method>/<trial_id>.parquet
 
-One file per trial per table, written under a hidden temporary name (ignored by pyarrow's dataset
-discovery) and renamed into place, so a reader never sees half a file and a rewrite of the same trial
+One file per trial per table, written by ``results.storage.write_bytes`` under a hidden temporary name
+(ignored by pyarrow's dataset discovery) and renamed into place, so a reader never sees half a file and a rewrite of the same trial
 replaces its rows instead of duplicating them. ``arch`` and ``method`` live in the path, not in the
 file (hive partition columns come back from the path when the dataset is read).
 
@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import json
 import posixpath
-import uuid
 from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from trainables.config import hyperparameter_fields, all_fields
+from results import storage
+from trainables.config import all_fields, hyperparameter_fields
 
 SCHEMA_VERSION = 2  # 2: hyperparameter columns generated from TrialConfig, dense control, mask_changes
 VERSION_KEY = b"prunesweep.schema_version"
@@ -165,75 +165,32 @@ def to_table(name: str, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     return table.replace_schema_metadata({VERSION_KEY: str(SCHEMA_VERSION).encode()})
 
 
-def resolve(root: str) -> tuple[pafs.FileSystem, str]:
-    """A filesystem and path for a local folder or any URI pyarrow understands (s3://, gs://, file://)."""
-    if "://" in root:
-        return pafs.FileSystem.from_uri(root)
-    return pafs.LocalFileSystem(), posixpath.abspath(root) if not root.startswith("/") else root
-
-
-def join(root: str, *parts: str) -> str:
-    """``root`` joined with ``parts``: a local path, or a URI whose ``?query`` options (an S3
-    ``endpoint_override``, say) stay at the end: ``join("s3://b/x?o=1", "n")`` is ``"s3://b/x/n?o=1"``."""
-    path, sep, query = root.partition("?") if "://" in root else (root, "", "")
-    return posixpath.join(path.rstrip("/"), *parts) + sep + query
-
-
-def parent(path: str) -> str:
-    """The folder holding ``path`` (local or URI, query options kept)."""
-    base, sep, query = path.partition("?") if "://" in path else (path, "", "")
-    return posixpath.dirname(base.rstrip("/")) + sep + query
-
-
 def table_dir(root: str, name: str) -> str:
-    return join(root, RESULTS_DIR, name)
+    return storage.join(root, RESULTS_DIR, name)
 
 
-def read_bytes(root: str, rel: str) -> bytes | None:
-    """The file ``rel`` under ``root`` (local path or URI), or None when it cannot be read."""
-    fs, base = resolve(root)
-    try:
-        with fs.open_input_stream(posixpath.join(base, rel)) as f:
-            return f.read()
-    except (FileNotFoundError, OSError):
-        return None
-
-
-def write_bytes(root: str, rel: str, data: bytes) -> None:
-    """Write atomically on local disks (temp + rename); an object-store PUT is atomic by itself."""
-    fs, base = resolve(root)
-    path = posixpath.join(base, rel)
-    fs.create_dir(posixpath.dirname(path), recursive=True)
-    target = path + ".tmp" if isinstance(fs, pafs.LocalFileSystem) else path
-    with fs.open_output_stream(target) as f:
-        f.write(data)
-    if target != path:
-        fs.move(target, path)
+def trial_path(name: str, *, arch: str, method: str, trial_id: str) -> str:
+    """One trial's file of table ``name``, relative to the experiment folder (the module docstring's layout)."""
+    return posixpath.join(RESULTS_DIR, name, f"arch={arch}", f"method={method}", f"{trial_id}.parquet")
 
 
 def trial_file(root: str, name: str, *, arch: str, method: str, trial_id: str) -> tuple[pafs.FileSystem, str]:
-    """File system and path of one trial's file of table ``name`` (the hive layout of the module docstring)."""
-    fs, base = resolve(root)
-    return fs, posixpath.join(base, RESULTS_DIR, name, f"arch={arch}", f"method={method}", f"{trial_id}.parquet")
+    """File system and path of one trial's file of table ``name``."""
+    fs, base = storage.resolve(root)
+    return fs, posixpath.join(base, trial_path(name, arch=arch, method=method, trial_id=trial_id))
 
 
 def write_trial_table(root: str, name: str, rows: Iterable[Mapping[str, Any]], *, arch: str, method: str,
                       trial_id: str) -> str:
-    """Write one trial's rows of table ``name`` atomically; return the final path (or URI path).
+    """Write one trial's rows of table ``name`` atomically (storage.write_bytes); return the final path.
 
     Replaces an earlier file of the same trial (a retried or resumed trial never duplicates rows).
     """
-    fs, final = trial_file(root, name, arch=arch, method=method, trial_id=trial_id)
-    folder = posixpath.dirname(final)
-    fs.create_dir(folder, recursive=True)
-    table = to_table(name, rows)
-    if isinstance(fs, pafs.LocalFileSystem):
-        tmp = posixpath.join(folder, f".tmp-{trial_id}-{uuid.uuid4().hex}.parquet")
-        pq.write_table(table, tmp, filesystem=fs)
-        fs.move(tmp, final)  # rename(2): atomic on a local or POSIX shared file system
-    else:
-        pq.write_table(table, final, filesystem=fs)  # an object-store PUT is atomic by itself
-    return final
+    buf = pa.BufferOutputStream()
+    pq.write_table(to_table(name, rows), buf)
+    rel = trial_path(name, arch=arch, method=method, trial_id=trial_id)
+    storage.write_bytes(root, rel, buf.getvalue().to_pybytes())
+    return posixpath.join(storage.resolve(root)[1], rel)
 
 
 def file_version(metadata: Mapping[bytes, bytes] | None) -> int | None:
