@@ -509,9 +509,3 @@ def importance_alt(studies: dict) -> str:
             if s.importances]
     return ("Horizontal bar charts of hyperparameter importance per Optuna study; most important per study: "
             + "; ".join(tops) + ".")
-
-
-def close(fig) -> None:
-    """Release a figure's memory (pyplot keeps a reference to every figure it made)."""
-    plt.close(fig)
-
