@@ -93,9 +93,10 @@ BUILTIN: dict[str, Space] = {
         "admm", "ADMM: rho, lr, sparsity, rho growth, update interval", ("admm",),
         {"lr": _f(1e-4, 1e-2, True), "sparsity": SPARSITY_LEVELS},
         {"admm": {"rho": _f(1e-4, 1.0, True), "rho_growth": _f(1.0, 1.5),
-                  # in epochs, relative to the data's size: 8, 4 or 2 Z/U updates per epoch, so even a 2-epoch
-                  # sparsify phase makes several updates that act on W (DESIGN rule 12; checked before start)
-                  "admm_interval": Dist("categorical", choices=(0.125, 0.25, 0.5)),
+                  # in epochs, relative to the data's size: 8 or 4 Z/U updates per epoch, so even a 1-epoch
+                  # sparsify phase of a few steps makes several updates that act on W (DESIGN rule 12; every
+                  # choice is checked against the phase length before the sweep starts)
+                  "admm_interval": Dist("categorical", choices=(0.125, 0.25)),
                   "admm_interval_unit": Dist("fixed", value="epoch"),
                   # rho_max must stay >= rho whatever rho is drawn; growth is capped here
                   "rho_max": Dist("fixed", value=10.0)}},
