@@ -71,6 +71,18 @@ def test_checkpoint_tensors_on_another_device_leave_rng_on_the_cpu(tmp_path):
     torch.set_rng_state(rng)
 
 
+def test_resumed_optimizer_state_is_left_to_load_state_dict(tmp_path):
+    """Adam's step counts must stay host tensors after a resume on a GPU (load_state_dict places the moments)."""
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([p])
+    p.grad = torch.ones(3)
+    opt.step()
+    path = str(tmp_path / "checkpoint.pt")
+    torch.save({"optimizer": opt.state_dict(), "rng": {"torch": torch.get_rng_state()}}, path)
+    state = load_checkpoint(path, "meta")
+    assert state["optimizer"]["state"][0]["step"].device.type == "cpu"
+
+
 # ------------------------------------------------------------------ 4: ADMM with U never updated
 
 def test_admm_schedule_counts_only_updates_that_act_on_w():

@@ -167,8 +167,9 @@ def load_splits(cfg: DataConfig) -> Splits:
 class Loader:
     """Batches of normalised float images on ``device``; order and augmentation depend only on (seed, epoch).
 
-    Data moves to the device once, here. Augmentation (random crop 32 from zero padding 4, horizontal flip
-    p=0.5) and normalisation run as batched tensor ops on the device.
+    Data moves to the device once, here (no copy when ``x_uint8`` is already there: loaders over one
+    device tensor share it). Augmentation (random crop 32 from zero padding 4, horizontal flip p=0.5) and
+    normalisation run as batched tensor ops on the device; the epoch's order and draws reach it in one copy.
     """
 
     def __init__(self, x_uint8: Tensor, y: Tensor, *, batch_size: int, shuffle: bool, augment: bool, mean, std,
@@ -189,23 +190,41 @@ class Loader:
         # generated on the CPU so the stream is identical on every device; only indices/offsets are drawn
         return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
 
-    def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """Yield (x float [B,3,32,32] normalised, y int64 [B]) for ``epoch``; deterministic in (seed, epoch)."""
+    def epoch_plan(self, epoch: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The epoch's draws in batch order, on the device: (order int64 [N], offsets int64 [N, 2] or None,
+        flips bool [N] or None); entry i belongs to the i-th image served, dataset image ``order[i]``.
+
+        Drawn on the CPU from the (seed, epoch) generator, in a fixed sequence (permutation, then crop offsets,
+        then flips, each indexed by dataset image), then moved to the device in ONE copy per epoch: a step
+        only slices device tensors, so it never waits on the host.
+        """
         gen = self._generator(epoch)
         n = len(self.x)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        if self.augment:
-            offsets = torch.randint(0, 9, (n, 2), generator=gen)
-            flips = torch.rand(n, generator=gen) < 0.5
+        if not self.augment:
+            return order.to(self.device), None, None
+        offsets = torch.randint(0, 9, (n, 2), generator=gen)  # per dataset image: (row, col) in [0, 2*pad]
+        flips = torch.rand(n, generator=gen) < 0.5  # per dataset image
+        plan = torch.cat([order[:, None], offsets[order], flips[order, None].long()], 1)  # [N, 4], batch order
+        plan = plan.to(self.device)
+        return plan[:, 0], plan[:, 1:3], plan[:, 3].bool()
+
+    def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield (x float [B,3,32,32] normalised, y int64 [B]) for ``epoch``; deterministic in (seed, epoch).
+
+        One host-to-device copy per epoch (:meth:`epoch_plan`); per batch only device ops, no host sync.
+        """
+        order, offsets, flips = self.epoch_plan(epoch)
         for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            x = self.x[idx.to(self.device)]
-            if self.augment:
-                x = augment_batch(x, offsets[idx].to(self.device), flips[idx].to(self.device))
+            span = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            idx = order[span]
+            x = self.x[idx]  # [B, 3, 32, 32] uint8, gathered on the device
+            if offsets is not None:
+                x = augment_batch(x, offsets[span], flips[span])
             x = (x.float() / 255 - self.mean) / self.std
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.y[idx.to(self.device)]
+            yield x, self.y[idx]
 
 
 def augment_batch(x: Tensor, offsets: Tensor, flips: Tensor, pad: int = 4) -> Tensor:

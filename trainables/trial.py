@@ -252,7 +252,10 @@ def load_checkpoint(path: str, device: torch.device | str) -> dict:
     is read the same way on a CPU-only machine).
     """
     state = torch.load(path, map_location="cpu", weights_only=False)
-    return {k: (v if k == "rng" else _to_device(v, torch.device(device))) for k, v in state.items()}
+    # the optimizer's state stays on the CPU too: Optimizer.load_state_dict moves the moments to each
+    # parameter's device itself and keeps Adam's step counts on the host (on the GPU they would be read back
+    # with .item() every step: a host sync per parameter per step after every resume)
+    return {k: (v if k in ("rng", "optimizer") else _to_device(v, torch.device(device))) for k, v in state.items()}
 
 
 def _rng_state() -> dict:
