@@ -101,6 +101,30 @@ def _not_ok_caution(accounts: pd.DataFrame) -> str:
     return f"{bad} of {int(accounts['trials'].sum())} trials did not finish ok (see Trials not scored)"
 
 
+def _admm_caution(trials: pd.DataFrame, row: dict) -> str:
+    """Words when ADMM did not converge in the configuration chosen at ``row``'s level: in most of its seeds
+    the weights right before the hard projection were no nearer the sparse set than the dense model's
+    (``pre_prune_distance >= dense_distance``). Then the projection, not ADMM, did the pruning, and the row
+    compares "ADMM-regularised training, then magnitude projection" with the baseline."""
+    if "pre_prune_distance" not in trials.columns or "dense_distance" not in trials.columns:
+        return ""
+    table = T.comparison_table(trials[trials["arch"] == row["arch"]], row["sparsity_level"])
+    chosen = table[(table["row"] == "pruned") & (table["method"] == "admm")]
+    ids = {i for i in ",".join(chosen["trial_ids"]).split(",") if i}
+    mine = T.ok_trials(trials)
+    mine = mine[mine["trial_id"].isin(ids) & (mine["arch"] == row["arch"])].dropna(
+        subset=["pre_prune_distance", "dense_distance"])
+    if mine.empty:
+        return ""
+    stuck = mine["pre_prune_distance"] >= mine["dense_distance"]
+    if 2 * int(stuck.sum()) <= len(mine):
+        return ""
+    return (f"ADMM did not converge: in {int(stuck.sum())} of {len(mine)} seeds its weights before the hard "
+            f"projection were no nearer the sparse set than the dense model's (squared distance "
+            f"{mine['pre_prune_distance'].mean():.3g} vs {mine['dense_distance'].mean():.3g}), so the projection, "
+            "not ADMM, did the pruning (see ADMM convergence)")
+
+
 def _control(trials: pd.DataFrame, row: dict) -> tuple[float, float]:
     """The dense control's test accuracy (mean, sample std) over the paired seeds of ``row``, for the
     configurations chosen at its level; NaN when missing or when they use more than one dense recipe."""
@@ -153,7 +177,8 @@ def summary_table(trials: pd.DataFrame, search: Search = Search()) -> pd.DataFra
     dense control's, the paired difference (first minus second, fractions) with its 95% interval and
     p-value, the leader and verdict (:func:`_verdict`), configurations per study, and a one-line caution
     where the evidence is thin (few seeds, a study smaller than the sampler's random start, trials that did
-    not finish). Rows where only one method finished say so. Empty frame without ok trials."""
+    not finish) or the ADMM of the row did not converge (:func:`_admm_caution`). Rows where only one method
+    finished say so. Empty frame without ok trials."""
     paired = T.paired_comparison(trials, FIRST, SECOND)
     accounts = T.accounting(trials)
     rows = []
@@ -162,7 +187,8 @@ def summary_table(trials: pd.DataFrame, search: Search = Search()) -> pd.DataFra
         configs = dict(zip(mine["method"], mine["configurations"].astype(int)))
         leader, verdict = _verdict(row)
         mean, std = _control(trials, row)
-        cautions = [_seed_caution(row["n_pairs"]), _search_caution(configs, search), _not_ok_caution(mine)]
+        cautions = [_seed_caution(row["n_pairs"]), _search_caution(configs, search), _not_ok_caution(mine),
+                    _admm_caution(trials, row)]
         rows.append({**row, "control_test_acc_mean": mean, "control_test_acc_std": std, "leader": leader,
                      "verdict": verdict, **{f"configurations_{m}": configs.get(m, 0) for m in (FIRST, SECOND)},
                      "methods": f"{FIRST},{SECOND}", "caution": CAUTION_SEPARATOR.join(c for c in cautions if c)})

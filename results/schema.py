@@ -30,7 +30,9 @@ import pyarrow.parquet as pq
 from results import storage
 from trainables.config import all_fields, hyperparameter_fields
 
-SCHEMA_VERSION = 2  # 2: hyperparameter columns generated from TrialConfig, dense control, mask_changes
+# 2: hyperparameter columns generated from TrialConfig, dense control, mask_changes
+# 3: dense_distance, pre_prune_distance (how far the weights are from the sparse set before pruning)
+SCHEMA_VERSION = 3
 VERSION_KEY = b"prunesweep.schema_version"
 RESULTS_DIR = "results"
 PARTITION_COLUMNS = ("arch", "method")
@@ -78,6 +80,11 @@ TRIALS = pa.schema(
     + [(f"{acc}_{split}_acc", pa.float64()) for acc in ACC_STAGES for split in SPLITS]
     + [
         ("achieved_sparsity", pa.float64()),  # measured from the weights, over prunable tensors
+        # sum ||W - Proj_S(W)||^2 over the prunable tensors: of the dense model as the sparsify phase starts,
+        # and right before the hard projection (what the projection removes: 0 for per-step magnitude; near 0
+        # once ADMM has converged; >= dense_distance when ADMM never brought W nearer the sparse set)
+        ("dense_distance", pa.float64()),
+        ("pre_prune_distance", pa.float64()),
         ("total_params", pa.int64()),  # every parameter of the model
         ("nonzero_params", pa.int64()),
         ("prunable_params", pa.int64()),

@@ -15,6 +15,12 @@ than 3 sparsify epochs at admm_interval 1 epoch; every project configuration is 
 runs. On a busy 2-core machine prefer --threads 1 (two intra-op threads competing with other processes
 were several times slower per step than one).
 
+--paired hands the project's random draws to the reference (its init seed, the global seed at each
+phase's start, every epoch's order, crop offsets and flips, and the BN-recalibration order; see
+reference_loop.Draws): the seed-to-seed spread then drops out of the comparison, and the two runs of a seed
+must agree to floating-point noise at every stage. --optimizer sgd --lr 0.05 runs the sparsify and
+fine-tune phases with SGD instead of Adam (the ADMM primal residual's behaviour depends on it).
+
 Raw per-run numbers go to a JSON file beside --out (``--json`` to choose it), rewritten after every run, so
 ``--resume`` skips the runs it already holds.
 """
@@ -34,7 +40,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 from tests.photo_cifar import write_photo_cifar  # noqa: E402
-from tests.reference_loop import STAGES, run_reference  # noqa: E402
+from tests.reference_loop import STAGES, Draws, run_reference  # noqa: E402
 
 # (label, method, rho) of the compared configurations
 RUNS = (("magnitude per_step", "magnitude", 0.01), ("admm rho=0.01", "admm", 0.01), ("admm rho=1.0", "admm", 1.0))
@@ -46,10 +52,10 @@ def project_config(args, method: str, rho: float, seed: int) -> dict:
 
     cfg = {"dataset": "cifar10", "data_dir": args.data_dir, "arch": args.arch, "width": args.width,
            "method": method, "schedule": "per_step", "sparsity_set": "uniform", "sparsity": args.sparsity,
-           "optimizer": "adam", "lr": 1e-3, "dense_epochs": args.dense_epochs,
+           "optimizer": args.optimizer, "lr": args.lr, "dense_epochs": args.dense_epochs,
            "sparsify_epochs": args.sparsify_epochs, "finetune_epochs": args.finetune_epochs, "rho": rho,
            "rho_max": max(rho, 1.0), "admm_interval": 1, "admm_interval_unit": "epoch", "seed": seed,
-           "device": "cpu", "max_threads": args.threads}
+           "device": "cpu", "max_threads": args.threads, "batch_size": getattr(args, "batch_size", 128)}
     if "dense_control" in field_owners():
         cfg["dense_control"] = False
     return cfg
@@ -81,14 +87,40 @@ def run_project(args, method: str, rho: float, seed: int, store_dir: str) -> dic
                 achieved_sparsity=res.summary.get("achieved_sparsity"), seconds=time.monotonic() - t0)
 
 
+def project_draws(args, seed: int) -> Draws:
+    """The random draws the project makes for ``seed`` (init and phase seeds, every epoch's plan, the
+    recalibration order), as plain values for a paired reference run. Reads the project's loaders; the
+    reference only receives numbers and tensors."""
+    import torch
+
+    from trainables.config import TrialConfig
+    from trainables.data import load_splits
+    from trainables.trial import _Loaders, seed_everything
+
+    cfg = TrialConfig.from_dict(project_config(args, "magnitude", 0.01, seed))
+    loaders = _Loaders(cfg, load_splits(cfg.data), torch.device("cpu"))
+    seeds = {}
+    for phase in ("init", "dense", "sparsify", "finetune"):
+        seed_everything(seed, phase)
+        seeds[phase] = torch.initial_seed()
+    d, s, f = args.dense_epochs, args.sparsify_epochs, args.finetune_epochs
+    plans = {(phase, e): tuple(None if v is None else v.cpu() for v in loaders.train.epoch_plan(epoch0 + e))
+             for phase, epoch0, n in (("dense", 0, d), ("sparsify", d, s), ("finetune", d + s, f))
+             for e in range(n)}
+    return Draws(seeds, plans, loaders.recal.epoch_plan(0)[0].cpu())
+
+
 def run_ref(args, method: str, rho: float, seed: int, dense_dir: str) -> dict:
     import torch
 
-    path = os.path.join(dense_dir, f"{args.arch}-w{args.width}-s{seed}-d{args.dense_epochs}.pt")
+    tag = "-paired" if args.paired else ""
+    path = os.path.join(dense_dir, f"{args.arch}-w{args.width}-s{seed}-d{args.dense_epochs}{tag}.pt")
     dense = torch.load(path, weights_only=False) if os.path.exists(path) else None
     res = run_reference(args.data_dir, method=method, seed=seed, rho=rho, sparsity=args.sparsity, arch=args.arch,
                         width=args.width, dense_epochs=args.dense_epochs, sparsify_epochs=args.sparsify_epochs,
                         finetune_epochs=args.finetune_epochs, dense_state=dense, threads=args.threads,
+                        optimizer=args.optimizer, lr=args.lr, batch_size=getattr(args, "batch_size", 128),
+                        draws=project_draws(args, seed) if args.paired else None,
                         log=(lambda m: print(f"  [reference] {m}", file=sys.stderr, flush=True)))
     if dense is None:
         torch.save(res["dense_state"], path)
@@ -113,13 +145,17 @@ def render(results: dict, seeds: list[int], args) -> str:
     def get(impl, label, key):
         return [results.get(f"{impl}|{label}|{s}", {}).get(key) for s in seeds]
 
+    mode = "paired (the reference uses the project's random draws)" if getattr(args, "paired", False) else \
+        "independent random streams"
     lines = [f"## Project vs reference: {args.arch} width {args.width}, sparsity {args.sparsity}, epochs "
-             f"{args.dense_epochs}/{args.sparsify_epochs}/{args.finetune_epochs}, seeds {','.join(map(str, seeds))}",
+             f"{args.dense_epochs}/{args.sparsify_epochs}/{args.finetune_epochs}, sparsify/fine-tune "
+             f"{getattr(args, 'optimizer', 'adam')} lr {getattr(args, 'lr', 1e-3):g}, seeds "
+             f"{','.join(map(str, seeds))}, {mode}",
              "", "Accuracies in %, mean over seeds (sd: standard deviation over seeds); difference = project - "
-                 "reference in points.", "",
+                 "reference in points; largest = the largest |project - reference| of one seed.", "",
              "| method | stage | split | n (project/ref) | project mean | project sd | reference mean | reference sd "
-             "| difference (points) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| difference (points) | largest per seed (points) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for label, _, _ in RUNS:
         for stage in STAGES:
             for split in SPLITS:
@@ -127,8 +163,11 @@ def render(results: dict, seeds: list[int], args) -> str:
                 pm, psd, pn = _stats(get("project", label, key))
                 rm, rsd, rn = _stats(get("reference", label, key))
                 diff = f"{100 * (pm - rm):+.2f}" if math.isfinite(pm) and math.isfinite(rm) else "—"
+                pairs = [abs(p - r) for p, r in zip(get("project", label, key), get("reference", label, key))
+                         if p is not None and r is not None and math.isfinite(p) and math.isfinite(r)]
+                largest = f"{100 * max(pairs):.2f}" if pairs else "—"
                 lines.append(f"| {label} | {stage} | {split} | {pn}/{rn} | {_pct(pm)} | {_pct(psd)} | {_pct(rm)} | "
-                             f"{_pct(rsd)} | {diff} |")
+                             f"{_pct(rsd)} | {diff} | {largest} |")
     lines += ["", "### ADMM primal residual sum ||W - Z||_F^2 after each Z/U update (mean over seeds)", "",
               "| method | sparsify epoch | project | reference | project / reference |", "|---|---|---|---|---|"]
     for label, method, _ in RUNS:
@@ -166,6 +205,9 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", default="mobilenet_v3_small")
     ap.add_argument("--width", type=float, default=0.5)
     ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="sparsify/fine-tune optimizer")
+    ap.add_argument("--lr", type=float, default=1e-3, help="sparsify/fine-tune learning rate (default 1e-3)")
+    ap.add_argument("--paired", action="store_true", help="the reference uses the project's random draws")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for both implementations (default 2)")
     ap.add_argument("--only", choices=("project", "reference"), help="run one implementation only")
     ap.add_argument("--out", default="reference_compare.md", help="where the Markdown table is written")
@@ -187,7 +229,8 @@ def main(argv=None) -> int:
     if args.resume and os.path.exists(json_path):
         with open(json_path) as f:
             saved = json.load(f)
-        same = ("data_dir", "arch", "width", "sparsity", "dense_epochs", "sparsify_epochs", "finetune_epochs")
+        same = ("data_dir", "arch", "width", "sparsity", "dense_epochs", "sparsify_epochs", "finetune_epochs",
+                "optimizer", "lr", "paired")
         changed = [k for k in same if saved["args"].get(k) != getattr(args, k)]
         if changed:
             ap.error(f"--resume: {json_path} was made with other {', '.join(changed)}")

@@ -8,7 +8,7 @@ Read it top to bottom; every step says which part of the recipe it implements:
     2. model     torchvision MobileNet with the stem and the first stride-2 block at stride 1 (32x32 input)
     3. sparsity  prunable = every Conv2d/Linear weight except the stem; uniform top-|w| projection
     4. dense     SGD + Nesterov, cosine lr per epoch, weight decay 5e-4
-    5. BN recal  reset BN stats, cumulative average over <= 50 clean training batches
+    5. BN recal  reset BN stats, cumulative average over <= 50 clean training batches, only BN in train mode
     6. sparsify  Adam 1e-3; magnitude "per_step" (iterative hard thresholding) or scaled-form ADMM
     7. prune     hard projection W <- Proj(W); accuracy with stale and with recalibrated BN
     8. finetune  Adam 1e-3 with a fixed mask on gradients and weights
@@ -18,6 +18,14 @@ order, crops, flips, BN batches, dropout) comes from a generator or global seed 
 epoch), so a run is deterministic and the same whether its dense phase was trained here or handed in.
 The streams differ from the project's on purpose: the two implementations agree in distribution, not
 bit for bit, and are compared by means over seeds.
+
+Paired runs (``draws=``): the caller may hand in the random draws instead, as plain numbers and tensors (an
+object with ``seed(phase)``, ``plan(phase, epoch)`` and ``recal_order()``, see :class:`Draws`). Then the
+weights are initialised after ``torch.manual_seed(draws.seed("init"))``, the global generator (dropout) is
+seeded once at the start of each training phase with ``draws.seed(phase)``, and every epoch's order, crop
+offsets and flips, and the recalibration order, are the given ones. Everything else is computed here as
+before, so with another implementation's draws the two runs must agree to floating-point noise: any
+difference in the recipe shows up at once instead of hiding in the seed-to-seed spread.
 
     result = run_reference("data/photo", method="admm", seed=0, rho=0.01)
     again = run_reference("data/photo", method="magnitude", seed=0, dense_state=result["dense_state"])
@@ -87,14 +95,18 @@ def _derived_seed(*parts) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def crop_and_flip(x_uint8: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+def crop_and_flip(x_uint8: torch.Tensor, gen: torch.Generator | None, pad: int = 4, given=None) -> torch.Tensor:
     """Recipe augmentation, per image: a random 32x32 crop of the image zero-padded by 4 on each side, then a
-    horizontal flip with probability 0.5. Written as a plain per-image loop (clear rather than fast)."""
+    horizontal flip with probability 0.5. Written as a plain per-image loop (clear rather than fast).
+    ``given``: (tops, lefts, flips) per image instead of drawing them from ``gen`` (paired runs)."""
     n, _, h, w = x_uint8.shape
     padded = F.pad(x_uint8, (pad, pad, pad, pad))  # zeros around every side
-    tops = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
-    lefts = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
-    flips = (torch.rand(n, generator=gen) < 0.5).tolist()
+    if given is not None:
+        tops, lefts, flips = (torch.as_tensor(v).tolist() for v in given)
+    else:
+        tops = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
+        lefts = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
+        flips = (torch.rand(n, generator=gen) < 0.5).tolist()
     out = []
     for i in range(n):
         img = padded[i, :, tops[i]:tops[i] + h, lefts[i]:lefts[i] + w]
@@ -102,14 +114,25 @@ def crop_and_flip(x_uint8: torch.Tensor, gen: torch.Generator, pad: int = 4) -> 
     return torch.stack(out)
 
 
-def training_batches(x, y, *, batch_size: int, seed: int, augment: bool):
+def training_batches(x, y, *, batch_size: int, seed: int, augment: bool, plan=None):
     """Recipe: batches of 128, reshuffled each epoch (new generator per call), last partial batch kept;
-    optionally augmented; always normalised."""
+    optionally augmented; always normalised. ``plan``: (order, offsets [N, 2] as (top, left) or None,
+    flips [N] or None), entry i for the i-th image served, instead of drawing them (paired runs)."""
     gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(x), generator=gen)
+    if plan is None:
+        order, offsets, flips = torch.randperm(len(x), generator=gen), None, None
+    else:
+        order, offsets, flips = (None if v is None else torch.as_tensor(v).cpu() for v in plan)
+        assert sorted(order.tolist()) == list(range(len(x))), "a plan's order must be a permutation"
     for start in range(0, len(x), batch_size):
         idx = order[start:start + batch_size]
-        xb = crop_and_flip(x[idx], gen) if augment else x[idx]
+        if not augment:
+            xb = x[idx]
+        elif offsets is None:
+            xb = crop_and_flip(x[idx], gen)
+        else:
+            span = slice(start, start + batch_size)
+            xb = crop_and_flip(x[idx], None, given=(offsets[span, 0], offsets[span, 1], flips[span]))
         yield normalise(xb), y[idx]
 
 
@@ -171,30 +194,39 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    """Recipe: eval mode, batches in order, no augmentation."""
+def accuracy_and_loss(model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor,
+                      batch_size: int = 500) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy). Recipe: eval mode, batches in order, no augmentation."""
     model.eval()
-    correct = 0
+    correct, loss = 0, 0.0
     for start in range(0, len(x_uint8), batch_size):
         logits = model(normalise(x_uint8[start:start + batch_size]))
         correct += int((logits.argmax(1) == y[start:start + batch_size]).sum())
-    return correct / max(len(x_uint8), 1)
+        loss += float(F.cross_entropy(logits, y[start:start + batch_size], reduction="sum"))
+    return correct / max(len(x_uint8), 1), loss / max(len(x_uint8), 1)
+
+
+def accuracy(model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    return accuracy_and_loss(model, x_uint8, y, batch_size)[0]
 
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, train_x, train_y, *, seed: int, batches: int = 50,
-                          batch_size: int = 128) -> None:
+                          batch_size: int = 128, order=None) -> None:
     """5. Recipe "BatchNorm recalibration": reset every BN's running stats, momentum=None (cumulative average),
-    forward in train mode under no_grad on <= 50 shuffled, non-augmented, normalised training batches, then
-    restore the momenta."""
+    forward under no_grad with the BN layers in train mode and every other layer in eval mode (no dropout)
+    on <= 50 shuffled (or ``order``ed), non-augmented, normalised training batches, then restore the momenta."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [bn.momentum for bn in bns]
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None
-    model.train()
+    model.eval()
+    for bn in bns:
+        bn.train()
+    plan = None if order is None else (order, None, None)
     for i, (xb, _) in enumerate(training_batches(train_x, train_y, batch_size=batch_size, seed=seed,
-                                                 augment=False)):
+                                                 augment=False, plan=plan)):
         if i >= batches:
             break
         model(xb)
@@ -204,19 +236,47 @@ def recalibrate_batchnorm(model: nn.Module, train_x, train_y, *, seed: int, batc
 
 # ================================================================================================ the run
 
+class Draws:
+    """The random draws of a paired run, handed in as plain values (nothing here draws them).
+
+    seeds: {"init" | "dense" | "sparsify" | "finetune": int}, the global torch seed at the model's
+    construction and at the start of each training phase; plans: {(phase, 0-based epoch): (order [N],
+    offsets [N, 2] as (top, left), flips [N])} in serving order; recal: the recalibration batches' order [N].
+    """
+
+    def __init__(self, seeds: dict, plans: dict, recal) -> None:
+        self.seeds, self.plans, self.recal = dict(seeds), dict(plans), recal
+
+    def seed(self, phase: str) -> int:
+        return self.seeds[phase]
+
+    def plan(self, phase: str, epoch: int):
+        return self.plans[(phase, epoch)]
+
+    def recal_order(self):
+        return self.recal
+
+
+
 def run_reference(data_dir: str, *, method: str, seed: int, rho: float = 0.01, sparsity: float = 0.5,
                   arch: str = "mobilenet_v3_small", width: float = 0.5, dense_epochs: int = 8,
                   sparsify_epochs: int = 4, finetune_epochs: int = 2, batch_size: int = 128,
-                  dense_state: dict | None = None, threads: int | None = None, log=None) -> dict:
+                  dense_state: dict | None = None, threads: int | None = None, log=None, draws=None,
+                  optimizer: str = "adam", lr: float = 1e-3) -> dict:
     """Run the recipe once; returns the stage accuracies (``<stage>_val_acc`` / ``<stage>_test_acc`` for the
-    stages in STAGES), ``primal_residuals`` (ADMM: one per Z/U update; magnitude: []), ``train_loss`` per
-    epoch, ``seconds`` and ``dense_state`` (hand it to a run of another method with the same seed, data and
+    stages in STAGES), ``primal_residuals`` (ADMM: one per Z/U update; magnitude: []), ``dense_distance`` and
+    ``pre_prune_distance`` (sum ||W - Proj(W)||^2 as the sparsify phase starts and right before the hard
+    projection), ``train_loss`` per epoch, ``seconds`` and ``dense_state`` (hand it to a run of another method with the same seed, data and
     model to skip the dense phase, as the project's shared dense checkpoint does).
 
     method: "magnitude" (schedule per_step) or "admm" (constant rho, Z/U update every epoch).
+    optimizer, lr: of the sparsify and fine-tune phases ("adam", or "sgd" with Nesterov momentum 0.9, no
+    weight decay). draws: the random draws of a paired run (module docstring), or None.
     """
     if method not in ("magnitude", "admm"):
         raise ValueError(f"method: {method!r} is not magnitude or admm")
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer: {optimizer!r} is not adam or sgd")
     if threads:
         torch.set_num_threads(threads)
     say = log or (lambda msg: None)
@@ -231,18 +291,23 @@ def run_reference(data_dir: str, *, method: str, seed: int, rho: float = 0.01, s
 
     def measure(stage: str, *, recalibrate: bool = True) -> None:
         if recalibrate:  # 5. every reported accuracy except the stale one follows a BN recalibration
-            recalibrate_batchnorm(model, train_x, train_y, seed=_derived_seed(seed, "bn", stage))
-        out[f"{stage}_val_acc"] = accuracy(model, val_x, val_y)
+            recalibrate_batchnorm(model, train_x, train_y, seed=_derived_seed(seed, "bn", stage),
+                                  batch_size=batch_size, order=None if draws is None else draws.recal_order())
+        out[f"{stage}_val_acc"], out[f"{stage}_val_loss"] = accuracy_and_loss(model, val_x, val_y)
         out[f"{stage}_test_acc"] = accuracy(model, test_x, test_y)
         say(f"{method} seed {seed} {stage}: val {out[f'{stage}_val_acc']:.4f} test {out[f'{stage}_test_acc']:.4f}")
 
     def train_one_epoch(phase: str, epoch: int, optimizer, before_step=None, after_step=None) -> float:
         """Cross-entropy over one shuffled, augmented pass; hooks run around optimizer.step()."""
-        torch.manual_seed(_derived_seed(seed, phase, epoch, "dropout"))  # the classifier's dropout
+        if draws is None:
+            torch.manual_seed(_derived_seed(seed, phase, epoch, "dropout"))  # the classifier's dropout
+        elif epoch == 0:
+            torch.manual_seed(draws.seed(phase))  # paired: once per phase, as the other implementation does
         model.train()
         total, steps = 0.0, 0
         for xb, yb in training_batches(train_x, train_y, batch_size=batch_size, augment=True,
-                                       seed=_derived_seed(seed, phase, epoch, "batches")):
+                                       seed=_derived_seed(seed, phase, epoch, "batches"),
+                                       plan=None if draws is None else draws.plan(phase, epoch)):
             loss = F.cross_entropy(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -257,7 +322,7 @@ def run_reference(data_dir: str, *, method: str, seed: int, rho: float = 0.01, s
         return total / max(steps, 1)
 
     # ---- 2. model: seed torch with the trial seed, then build (float32, CPU)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed if draws is None else draws.seed("init"))
     model = build_cifar_mobilenet(arch, width)
     weights = [p for _, p in prunable_weights(model)]  # 3. the tensors S constrains
 
@@ -279,8 +344,18 @@ def run_reference(data_dir: str, *, method: str, seed: int, rho: float = 0.01, s
         out["dense_val_acc"], out["dense_test_acc"] = dense_state["dense_val_acc"], dense_state["dense_test_acc"]
     out["dense_state"] = dense_state
 
+    def fresh_optimizer():  # 6./8. a fresh optimizer per phase, constant lr, no weight decay
+        if optimizer == "adam":
+            return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=0.0)
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=0.0)
+
+    def distance_to_set() -> float:  # sum ||W - Proj(W)||^2: how far W is from the sparse set
+        with torch.no_grad():
+            return sum(float(((w - pw) ** 2).sum()) for w, pw in zip(weights, project(weights, sparsity)))
+
     # ---- 6. sparsify phase: a fresh Adam (lr 1e-3, no weight decay, constant lr)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=0.0)
+    out["dense_distance"] = distance_to_set()
+    opt = fresh_optimizer()
     if method == "magnitude":
         # iterative hard thresholding: W <- Proj(W) at the start and after EVERY optimizer step, with the mask
         # recomputed from the current weights; gradients are not masked, so pruned weights may come back
@@ -316,6 +391,7 @@ def run_reference(data_dir: str, *, method: str, seed: int, rho: float = 0.01, s
     measure("pre_prune")  # pre_prune_acc: recalibrate BN, evaluate W as it is
 
     # ---- 7. hard projection W <- Proj(W); stale-BN accuracy first, then with recalibrated BN
+    out["pre_prune_distance"] = distance_to_set()  # what the projection removes
     with torch.no_grad():
         for w, pw in zip(weights, project(weights, sparsity)):
             w.copy_(pw)
@@ -324,7 +400,7 @@ def run_reference(data_dir: str, *, method: str, seed: int, rho: float = 0.01, s
 
     # ---- 8. fine-tune: fresh Adam (lr 1e-3), mask = (W != 0) after the projection, fixed for the phase
     masks = [(w.detach() != 0).to(w.dtype) for w in weights]
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=0.0)
+    opt = fresh_optimizer()
 
     def mask_gradients():
         for w, m in zip(weights, masks):

@@ -26,7 +26,7 @@ from trainables.methods import (ADMM, admm_schedule, check_admm_schedule, effect
                                 rescale_dual)
 from trainables.sparsity import make_sparsity_set
 from trainables.trial import (FileDenseStore, _bn_buffers, _Loaders, _Trial, evaluate_recalibrated,
-                              load_checkpoint, run_trial)
+                              load_checkpoint, recalibrate_bn, run_trial)
 
 torch.set_num_threads(1)
 
@@ -210,6 +210,22 @@ def test_recalibrated_evaluation_leaves_the_model_untouched(splits):
     evaluate_recalibrated(trial.model, trial.loaders.val, trial.loaders.recal, 2, trial.device)
     assert all(torch.equal(a, b) for a, b in zip(before, _bn_buffers(trial.model)))
     assert trial.model.training
+
+
+def test_recalibrated_evaluation_draws_no_random_numbers(splits):
+    """Measuring must not change what training does next: the classifier's dropout draws from the global
+    RNG, so a recalibration that forwards the whole net in train mode shifted every later dropout mask (a
+    run's weights then depended on how often it was evaluated)."""
+    cfg = TrialConfig.from_dict(TINY)
+    trial = _Trial(cfg, splits, None, None, "t")
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in trial.model.modules())
+    trial.model.train()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    evaluate_recalibrated(trial.model, trial.loaders.val, trial.loaders.recal, 2, trial.device)
+    recalibrate_bn(trial.model, trial.loaders.recal, 2)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert trial.model.training and all(m.training for m in trial.model.modules())
 
 
 # ------------------------------------------------------------------ 10: dense key and RNG

@@ -144,8 +144,10 @@ def evaluate(model: nn.Module, loader: Loader, device: torch.device) -> tuple[fl
 def recalibrate_bn(model: nn.Module, loader: Loader, batches: int, epoch: int = 0) -> None:
     """Re-estimate BatchNorm running stats from ``batches`` TRAINING batches (DESIGN rule 9).
 
-    Resets the stats, uses a cumulative average (momentum=None), forwards in train mode under no_grad, then
-    restores each BN's momentum and the model's mode. Mutates the BN buffers only.
+    Resets the stats, uses a cumulative average (momentum=None), forwards under no_grad with ONLY the BN
+    layers in train mode (dropout and the rest in eval mode: the statistics are those of the network as it
+    is evaluated, and no random number is drawn, so measuring never shifts the dropout stream that training
+    uses next), then restores each BN's momentum and the model's mode. Mutates the BN buffers only.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns or batches <= 0:
@@ -155,7 +157,9 @@ def recalibrate_bn(model: nn.Module, loader: Loader, batches: int, epoch: int = 
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
-    model.train()
+    model.eval()
+    for m in bns:
+        m.train()
     device = next(model.parameters()).device
     for i, (x, _) in enumerate(loader.batches(epoch)):
         if i >= batches:
@@ -543,6 +547,7 @@ class _Trial:
             if self.status == "ok" and self.cfg.run.dense_control:
                 self._control()
             if self.status == "ok":
+                self.accs["dense_distance"] = self._distance()  # before the method touches W
                 self._start_phase("sparsify")
         if self.status == "ok" and self.phase == "sparsify":
             if self._run_phase(reported=True):
@@ -558,8 +563,15 @@ class _Trial:
         return self._finish()
 
     @torch.no_grad()
+    def _distance(self) -> float:
+        """sum ||W - Proj_S(W)||^2 over the prunable tensors: how far W is from the sparse set."""
+        projected = self.sset.project([p.detach() for p in self.params])
+        return float(sum(float((p.detach() - q).square().sum()) for p, q in zip(self.params, projected)))
+
+    @torch.no_grad()
     def _project(self) -> None:
         """Hard projection W <- Proj_S(W); accuracy measured with stale and with recalibrated BN."""
+        self.accs["pre_prune_distance"] = self._distance()
         projected = self.sset.project([p.detach() for p in self.params])
         torch._foreach_copy_(self.params, projected)
         self.finetune.masks = [(p != 0).to(p.dtype) for p in projected]
@@ -584,7 +596,7 @@ class _Trial:
             **cfg.hyperparameters(),
             "target_sparsity": self.sset.sparsity(weights), "dense_key": self.device_key,
             "control_key": self.control_key if cfg.run.dense_control else "",
-            **{k: self.accs.get(k, math.nan) for k in schema.TRIALS.names if k.endswith("_acc")},
+            **{k: self.accs.get(k, math.nan) for k in schema.TRIALS.names if k.endswith(("_acc", "_distance"))},
             **sizes, "epochs_run": len(self.epochs),
             "wall_time_s": self.elapsed + time.monotonic() - self.t0, "device": str(self.device),
             "config_json": schema.dumps(cfg.to_dict()),
