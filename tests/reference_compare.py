@@ -84,6 +84,7 @@ def run_project(args, method: str, rho: float, seed: int, store_dir: str) -> dic
     accs = {f"{st}_{sp}_acc": float(res.summary.get(f"{st}_{sp}_acc", math.nan)) for st in STAGES for sp in SPLITS}
     primal = [float(r["primal_residual"]) for r in res.epochs if r.get("phase") == "sparsify"]
     return dict(accs, primal_residuals=primal, status=res.summary.get("status"),
+                dense_distance=res.summary.get("dense_distance"), pre_prune_distance=res.summary.get("pre_prune_distance"),
                 achieved_sparsity=res.summary.get("achieved_sparsity"), seconds=time.monotonic() - t0)
 
 
@@ -124,7 +125,8 @@ def run_ref(args, method: str, rho: float, seed: int, dense_dir: str) -> dict:
                         log=(lambda m: print(f"  [reference] {m}", file=sys.stderr, flush=True)))
     if dense is None:
         torch.save(res["dense_state"], path)
-    keep = [f"{st}_{sp}_acc" for st in STAGES for sp in SPLITS] + ["primal_residuals", "achieved_sparsity", "seconds"]
+    keep = [f"{st}_{sp}_acc" for st in STAGES for sp in SPLITS] + ["primal_residuals", "achieved_sparsity", "seconds",
+                                                                   "dense_distance", "pre_prune_distance"]
     return {k: res[k] for k in keep}
 
 
@@ -169,17 +171,26 @@ def render(results: dict, seeds: list[int], args) -> str:
                 lines.append(f"| {label} | {stage} | {split} | {pn}/{rn} | {_pct(pm)} | {_pct(psd)} | {_pct(rm)} | "
                              f"{_pct(rsd)} | {diff} | {largest} |")
     lines += ["", "### ADMM primal residual sum ||W - Z||_F^2 after each Z/U update (mean over seeds)", "",
+              "Epoch 0: the dense model's distance to the sparse set, sum ||W - Proj(W)||^2 (the residual before "
+              "any update); \"pre-prune\": the same distance right before the hard projection.", "",
               "| method | sparsify epoch | project | reference | project / reference |", "|---|---|---|---|---|"]
+
+    def row(label, name, p, r):
+        ratio = f"{p / r:.3f}" if math.isfinite(p) and math.isfinite(r) and r != 0 else "—"
+        return f"| {label} | {name} | {p:.5g} | {r:.5g} | {ratio} |"
+
     for label, method, _ in RUNS:
         if method != "admm":
             continue
+        lines.append(row(label, "0 (dense)", _stats(get("project", label, "dense_distance"))[0],
+                         _stats(get("reference", label, "dense_distance"))[0]))
         for e in range(args.sparsify_epochs):
             def at(impl):
                 vals = [r[e] if r is not None and len(r) > e else None for r in get(impl, label, "primal_residuals")]
                 return _stats(vals)[0]
-            p, r = at("project"), at("reference")
-            ratio = f"{p / r:.3f}" if math.isfinite(p) and math.isfinite(r) and r != 0 else "—"
-            lines.append(f"| {label} | {e + 1} | {p:.5g} | {r:.5g} | {ratio} |")
+            lines.append(row(label, str(e + 1), at("project"), at("reference")))
+        lines.append(row(label, "pre-prune", _stats(get("project", label, "pre_prune_distance"))[0],
+                         _stats(get("reference", label, "pre_prune_distance"))[0]))
     per_seed = {}  # mean seconds of each run, summed over the methods (the first of a seed trains the dense model)
     for impl in ("project", "reference"):
         means = [_stats(get(impl, label, "seconds"))[0] for label, _, _ in RUNS]
@@ -208,6 +219,8 @@ def main(argv=None) -> int:
     ap.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="sparsify/fine-tune optimizer")
     ap.add_argument("--lr", type=float, default=1e-3, help="sparsify/fine-tune learning rate (default 1e-3)")
     ap.add_argument("--paired", action="store_true", help="the reference uses the project's random draws")
+    ap.add_argument("--runs", type=lambda v: [x.strip() for x in v.split(",")],
+                    help="comma-separated subset of: " + ", ".join(label for label, _, _ in RUNS))
     ap.add_argument("--threads", type=int, default=2, help="torch threads for both implementations (default 2)")
     ap.add_argument("--only", choices=("project", "reference"), help="run one implementation only")
     ap.add_argument("--out", default="reference_compare.md", help="where the Markdown table is written")
@@ -216,6 +229,9 @@ def main(argv=None) -> int:
                                        "removed at the end); reuse only with unchanged code")
     ap.add_argument("--resume", action="store_true", help="skip the runs already in the JSON file")
     args = ap.parse_args(argv)
+    unknown = [r for r in args.runs or [] if r not in [label for label, _, _ in RUNS]]
+    if unknown:
+        ap.error(f"--runs: {', '.join(unknown)} not among {', '.join(label for label, _, _ in RUNS)}")
 
     if args.make_data:
         t = time.monotonic()
@@ -245,7 +261,7 @@ def main(argv=None) -> int:
     try:
         for seed in seeds:
             for impl in impls:
-                for label, method, rho in RUNS:
+                for label, method, rho in [r for r in RUNS if args.runs is None or r[0] in args.runs]:
                     key = f"{impl}|{label}|{seed}"
                     if key in results:
                         continue

@@ -375,16 +375,20 @@ def run_reference(data_dir: str, *, method: str, seed: int, rho: float = 0.01, s
             Z = project([w.detach().clone() for w in weights], sparsity)
             U = [torch.zeros_like(w) for w in weights]
 
+        # Floating-point association: the gradient is added as grad.add_(., alpha=rho) (one rounding, as a
+        # fused multiply-add; grad + rho * (.) rounds twice) and U is updated as U + (W - Z). The maths is the
+        # same either way; evaluating it in the same association as the project makes a paired run exact
+        # instead of diverging by a rounding that, at rho 0.01, flips which near-threshold weights are pruned.
         def add_penalty_gradient():  # d/dW of (rho/2) ||W - Z + U||_F^2 = rho (W - Z + U)
             with torch.no_grad():
                 for w, z, u in zip(weights, Z, U):
-                    w.grad += rho * (w - z + u)
+                    w.grad.add_(w - z + u, alpha=rho)
 
         for e in range(sparsify_epochs):
             loss = train_one_epoch("sparsify", e, opt, before_step=add_penalty_gradient)
             with torch.no_grad():  # the Z/U update at the end of every epoch (admm_interval = 1 epoch)
                 Z = project([w + u for w, u in zip(weights, U)], sparsity)
-                U = [u + w - z for u, w, z in zip(U, weights, Z)]
+                U = [u + (w - z) for u, w, z in zip(U, weights, Z)]
                 primal = sum(float(((w - z) ** 2).sum()) for w, z in zip(weights, Z))  # with the new Z
             out["primal_residuals"].append(primal)
             say(f"admm seed {seed} sparsify epoch {e + 1}/{sparsify_epochs} loss {loss:.4f} primal {primal:.4g}")

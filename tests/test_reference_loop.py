@@ -190,23 +190,20 @@ def test_project_equals_the_reference_given_the_same_draws(photo_dir, tmp_path, 
         for split in ("val", "test"):
             key = f"{stage}_{split}_acc"
             assert abs(res.summary[key] - theirs[key]) <= 1 / n_val + 1e-9, (key, res.summary[key], theirs[key])
-    # losses agree to float noise: rounding order (U + (W - Z) here, (U + W) - Z there) may flip a mask entry
-    # at the threshold after many steps; a recipe difference (weight decay 5e-5, a momentum of 0.8, the
-    # fine-tune lr x 1.1) moves the training losses or the final validation loss by more
+    # losses agree to float noise (the reference evaluates ADMM's formulas in the project's association, so
+    # in practice bit for bit); a recipe difference (weight decay 5e-5, a momentum of 0.8, the fine-tune lr
+    # x 1.1) moves the training losses or the final validation loss by 10x these tolerances or more
     ours_loss = [(r["phase"], r["train_loss"]) for r in res.epochs]
     assert [p for p, _ in ours_loss] == [p for p, _, _ in theirs["train_loss"]]
-    np.testing.assert_allclose([v for _, v in ours_loss], [v for _, _, v in theirs["train_loss"]], rtol=2e-3)
+    np.testing.assert_allclose([v for _, v in ours_loss], [v for _, _, v in theirs["train_loss"]], rtol=1e-4)
     # the last epoch's validation loss (recalibrated, as the final stage): a continuous function of the final
     # weights, so a change in the last phase that moves no prediction across a class boundary still shows
-    # (ADMM's many SGD steps amplify the rounding noise above: there the bound is looser; the fine-tune code
-    # that a last-phase change would touch is the same for both methods)
-    assert res.epochs[-1]["val_loss"] == pytest.approx(theirs["final_val_loss"], rel=2e-4 if method == "magnitude"
-                                                                               else 5e-3)
+    assert res.epochs[-1]["val_loss"] == pytest.approx(theirs["final_val_loss"], rel=1e-4)
     primal = [r["primal_residual"] for r in res.epochs if r["phase"] == "sparsify"]
     for key in ("dense_distance", "pre_prune_distance"):
         assert res.summary[key] == pytest.approx(theirs[key], rel=1e-3, abs=1e-6), key
     if method == "admm":
-        np.testing.assert_allclose(primal, theirs["primal_residuals"], rtol=1e-3)
+        np.testing.assert_allclose(primal, theirs["primal_residuals"], rtol=1e-4)
         # SGD's step grows with rho (Adam's does not): at rho 1 the W-step pulls W onto the sparse set, so
         # the hard projection removes a small part of what it would have removed from the dense model
         assert res.summary["pre_prune_distance"] < 0.2 * res.summary["dense_distance"]
