@@ -101,28 +101,36 @@ def _not_ok_caution(accounts: pd.DataFrame) -> str:
     return f"{bad} of {int(accounts['trials'].sum())} trials did not finish ok (see Trials not scored)"
 
 
+# ADMM has converged when W ends (nearly) in the sparse set: the hard projection then removes little. This is
+# the share of the dense model's squared distance to the set still left right before the projection above
+# which the summary says ADMM did not converge. Measured (tests/reference_compare.py, MobileNetV3-Small,
+# 4 sparsify epochs, 3 seeds): SGD lr 0.05 leaves 5% at rho 1 and 70% at rho 0.01; Adam 1e-3 leaves 45% at
+# rho 1 and 53% at rho 0.01.
+ADMM_UNCONVERGED_SHARE = 0.25
+
+
 def _admm_caution(trials: pd.DataFrame, row: dict) -> str:
     """Words when ADMM did not converge in the configuration chosen at ``row``'s level: in most of its seeds
-    the weights right before the hard projection were no nearer the sparse set than the dense model's
-    (``pre_prune_distance >= dense_distance``). Then the projection, not ADMM, did the pruning, and the row
-    compares "ADMM-regularised training, then magnitude projection" with the baseline."""
+    the weights right before the hard projection were still more than ADMM_UNCONVERGED_SHARE of the dense
+    model's squared distance from the sparse set (``pre_prune_distance / dense_distance``). Then the
+    projection did much of the pruning, and the row compares "ADMM-regularised training, then magnitude
+    projection" with the baseline rather than converged ADMM."""
     if "pre_prune_distance" not in trials.columns or "dense_distance" not in trials.columns:
         return ""
     table = T.comparison_table(trials[trials["arch"] == row["arch"]], row["sparsity_level"])
     chosen = table[(table["row"] == "pruned") & (table["method"] == "admm")]
     ids = {i for i in ",".join(chosen["trial_ids"]).split(",") if i}
     mine = T.ok_trials(trials)
-    mine = mine[mine["trial_id"].isin(ids) & (mine["arch"] == row["arch"])].dropna(
-        subset=["pre_prune_distance", "dense_distance"])
-    if mine.empty:
+    mine = mine[mine["trial_id"].isin(ids) & (mine["arch"] == row["arch"]) & (mine["dense_distance"] > 0)]
+    share = (mine["pre_prune_distance"] / mine["dense_distance"]).dropna()
+    if share.empty:
         return ""
-    stuck = mine["pre_prune_distance"] >= mine["dense_distance"]
-    if 2 * int(stuck.sum()) <= len(mine):
+    stuck = share > ADMM_UNCONVERGED_SHARE
+    if 2 * int(stuck.sum()) <= len(share):
         return ""
-    return (f"ADMM did not converge: in {int(stuck.sum())} of {len(mine)} seeds its weights before the hard "
-            f"projection were no nearer the sparse set than the dense model's (squared distance "
-            f"{mine['pre_prune_distance'].mean():.3g} vs {mine['dense_distance'].mean():.3g}), so the projection, "
-            "not ADMM, did the pruning (see ADMM convergence)")
+    return (f"ADMM did not converge: before the hard projection its weights were still {100 * share.mean():.0f}% "
+            f"as far from the sparse set as the dense model's (squared distance; over {len(share)} seeds), so the "
+            "projection did much of the pruning (see ADMM convergence)")
 
 
 def _control(trials: pd.DataFrame, row: dict) -> tuple[float, float]:
