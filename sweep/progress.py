@@ -99,7 +99,12 @@ class LiveTable(tune.Callback):
 
     # -- Tune hooks ---------------------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._see(trials, trial)
+        # Tune calls this when the trial's actor has started, BEFORE it sets the trial RUNNING: counting
+        # Tune's status here showed a started trial (e.g. one building the dense control) as pending
+        row = self._see(trials, trial)
+        if trial.status == "PENDING":
+            self.tune_counts["PENDING"] = self.tune_counts.get("PENDING", 1) - 1
+        row["status"] = "RUNNING"
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         row = self._see(trials, trial)

@@ -37,9 +37,10 @@ class Sweep:
     def start(self, trial_id: str, study: str, seed: int = 0) -> Trial:
         t = Trial("sweep_trainable", config={"_study": study, "seed": seed, "arch": "mobilenet_v2"},
                   trial_id=trial_id, stub=True)
-        t.set_status(Trial.RUNNING)
         self.trials.append(t)
+        # Tune's controller calls on_trial_start while the trial is still PENDING, then sets it RUNNING
         self.table.on_trial_start(iteration=0, trials=self.trials, trial=t)
+        t.set_status(Trial.RUNNING)
         return t
 
     def result(self, t: Trial, phase: str, epoch: int, val_acc: float) -> None:
@@ -104,6 +105,22 @@ def test_best_per_study_counts_and_outcomes(blocks):
     assert rows["a2"].split()[2:] == ["1", "finetune", "3", "0.7200", "ok"]  # seed, phase, epoch, acc, status
     assert rows["m1"].endswith("diverged") and rows["m2"].endswith("failed")
     assert blocks()[-1].startswith("sweep: 0 running, 1 pending, 4 finished (2 ok, 1 diverged, 1 failed")
+
+
+def test_a_started_trial_without_results_is_running_not_pending():
+    """A trial whose actor started but which has not reported yet (it is waiting for or building the shared
+    dense model or the dense control) is running: it has a row and is not counted as pending."""
+    sweep = Sweep(LiveTable(clock=Clock(), redraw=False))
+    a = sweep.start("a1", "mobilenet_v2-admm")
+    b = sweep.start("b1", "mobilenet_v2-magnitude")
+    queued = Trial("sweep_trainable", config={"_study": "mobilenet_v2-admm"}, trial_id="q1", stub=True)
+    sweep.trials.append(queued)  # created by the searcher, no resources yet
+    sweep.result(a, "sparsify", 4, 0.5)
+    text = sweep.table.render()
+    assert text.splitlines()[0].startswith("sweep: 2 running, 1 pending, 0 finished")
+    rows = {ln.split()[0]: ln.split() for ln in text.splitlines()[2:] if ln.split()[0] in ("a1", "b1")}
+    assert rows["b1"][3:] == ["-", "-", "-", "RUNNING"] and rows["a1"][-1] == "RUNNING"
+    assert b.status == Trial.RUNNING
 
 
 def test_stopped_without_final_report_is_not_scored():
