@@ -290,12 +290,16 @@ def sparsity_alt(points: pd.DataFrame, front: pd.DataFrame) -> str:
 # --- ADMM residual and rho -------------------------------------------------------------------------------
 
 def admm_data(trials: pd.DataFrame, epochs: pd.DataFrame, sparsity: float | None = None) -> pd.DataFrame:
-    """Epoch rows (sparsify phase) of the best ADMM configuration per arch: primal and dual residual, rho."""
+    """Epoch rows (sparsify phase) of the best ADMM configuration per arch: primal and dual residual, rho, and
+    the trial's ``dense_distance`` (the dense model's squared distance to the sparse set: the residual before
+    any update; NaN where the trials table has none)."""
     ids = best_trial_ids(trials, sparsity)
     tids = [t for (arch, method), ts in ids.items() if method == "admm" for t in ts]
     rows = epochs[epochs["trial_id"].isin(tids) & (epochs["method"] == "admm") & (epochs["phase"] == "sparsify")]
-    return rows[["arch", "trial_id", "seed", "epoch", "primal_residual", "dual_residual", "rho"]].sort_values(
-        ["arch", "trial_id", "epoch"]).reset_index(drop=True)
+    rows = rows[["arch", "trial_id", "seed", "epoch", "primal_residual", "dual_residual", "rho"]]
+    start = trials.reindex(columns=["arch", "trial_id", "dense_distance"]).drop_duplicates(["arch", "trial_id"])
+    rows = rows.merge(start, on=["arch", "trial_id"], how="left")
+    return rows.sort_values(["arch", "trial_id", "epoch"]).reset_index(drop=True)
 
 
 def _plot_residuals(ax, rows: pd.DataFrame, color, label: str) -> None:
@@ -310,8 +314,9 @@ def _plot_residuals(ax, rows: pd.DataFrame, color, label: str) -> None:
 
 def plot_admm(data: pd.DataFrame):
     """Primal residual sum ||W - Z||^2 (solid) and dual residual rho^2 sum ||Z - Z_prev||^2 (dashed) at the
-    last Z/U update of each epoch, and rho; one column per arch, one colour per seed. Log y where the values
-    span orders of magnitude, markers where there are few epochs, integer epoch ticks."""
+    last Z/U update of each epoch, the dense model's distance to the sparse set (dotted: where the primal
+    residual starts; converged ADMM ends far below it), and rho; one column per arch, one colour per seed.
+    Log y where the values span orders of magnitude, markers where there are few epochs, integer epoch ticks."""
     archs = sorted(data["arch"].unique()) if not data.empty else []
     fig, axes = _grid(len(archs), rows=2, width=5.0)
     if not archs:
@@ -322,9 +327,14 @@ def plot_admm(data: pd.DataFrame):
         for i, (tid, rows) in enumerate(mine.groupby("trial_id")):
             label, color = f"seed {int(rows['seed'].iloc[0])}", colors[i % len(colors)]
             _plot_residuals(axes[0, col], rows, color, label)
+            start = rows["dense_distance"].iloc[0] if "dense_distance" in rows.columns else math.nan
+            if pd.notna(start) and start > 0:
+                axes[0, col].axhline(start, color=color, linestyle=":", linewidth=1.2,
+                                     label=f"{label}, dense model's distance")
             axes[1, col].plot(rows["epoch"], rows["rho"], color=color, marker=_marker(len(rows)), markersize=4,
                               label=label)
-        _scale_for(axes[0, col], pd.concat([mine["primal_residual"], mine["dual_residual"]]))
+        starts = mine["dense_distance"] if "dense_distance" in mine.columns else pd.Series(dtype=float)
+        _scale_for(axes[0, col], pd.concat([mine["primal_residual"], mine["dual_residual"], starts]))
         _rho_axis(axes[1, col], mine["rho"])
         for ax in axes[:, col]:
             _integer_ticks(ax)

@@ -85,7 +85,8 @@ FIGURE_CAPTIONS = {
               "and fine-tune phases. Look at the step at the start of fine-tuning (the hard projection) and "
               "whether fine-tuning recovers it.",
     "admm": "ADMM per sparsify epoch (chosen configuration, one colour per seed): the primal residual "
-            "Σ‖W−Z‖² (solid) should fall as W approaches the sparse set, the dual residual ρ²Σ‖Z−Z_prev‖² "
+            "Σ‖W−Z‖² (solid) should fall as W approaches the sparse set, far below the dense model's distance "
+            "to the set (dotted, where it starts); the dual residual ρ²Σ‖Z−Z_prev‖² "
             "(dashed) as the mask settles; rho is the penalty weight (flat unless rho_growth > 1). Log axes "
             "where values span orders of magnitude.",
     "weights": "Distribution of all prunable weights of each chosen model: dense, end of the sparsify phase "

@@ -96,6 +96,21 @@ def test_admm_plot_reads_with_two_hundred_points():
     assert "sparsify epochs 2 to 201" in admm_alt(data)
 
 
+def test_admm_plot_marks_where_the_residual_started():
+    """The dense model's distance to the sparse set (the residual before any Z/U update) is drawn per seed,
+    so a reader sees whether ADMM brought W nearer the set; trials tables without it draw nothing."""
+    from analysis.plots import admm_data, plot_admm
+
+    frames = _frames([(f"a{s}", "admm", s, 0.5, 1e-3, {}) for s in (0, 1)])
+    trials = frames["trials"].assign(dense_distance=[400.0, 420.0])
+    data = admm_data(trials, frames["epochs"])
+    assert sorted(data.drop_duplicates("trial_id")["dense_distance"]) == [400.0, 420.0]
+    residual = plot_admm(data).axes[0]
+    dotted = sorted(line.get_ydata()[0] for line in residual.lines if line.get_linestyle() == ":")
+    assert dotted == [400.0, 420.0] and residual.get_ylim()[1] >= 420.0
+    assert not [ln for ln in plot_admm(_admm_epochs(4, 2.0, 1.0)).axes[0].lines if ln.get_linestyle() == ":"]
+
+
 def _layers(method: str, tid: str, nm: bool) -> list[dict]:
     """A MobileNet-like layer list: stem conv (kept dense), then pointwise / depthwise pairs, classifier.
     Under N:M the depthwise layers stay dense (their target is 0)."""
