@@ -89,6 +89,11 @@ def _read_file(fs: pafs.FileSystem, path: str) -> pd.DataFrame:
     table = pq.read_table(path, filesystem=fs)
     schema.check_version(path, table.schema.metadata)
     frame = table.to_pandas()
+    name = posixpath.basename(posixpath.dirname(posixpath.dirname(posixpath.dirname(path))))
+    if name in schema.TABLES:  # an older readable version: the columns added since are null
+        for field in schema.TABLES[name]:
+            if field.name not in frame.columns:
+                frame[field.name] = pd.Series([None] * len(frame), dtype=field.type.to_pandas_dtype())
     for key, value in _partition(path).items():
         frame[key] = value
     return frame

@@ -207,10 +207,17 @@ def file_version(metadata: Mapping[bytes, bytes] | None) -> int | None:
     return int(metadata[VERSION_KEY].decode())
 
 
+# Older versions that differ from the current one only by columns added since: a file of one of them is read
+# with those columns null (no value is reinterpreted). Version 2 lacks dense_distance and pre_prune_distance.
+READABLE_VERSIONS = (2, SCHEMA_VERSION)
+
+
 def check_version(path: str, metadata: Mapping[bytes, bytes] | None) -> None:
+    """Raises SchemaError unless the file's schema version is one of READABLE_VERSIONS."""
     version = file_version(metadata)
-    if version != SCHEMA_VERSION:
-        raise SchemaError(f"{path}: schema version {version} is not the supported version {SCHEMA_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise SchemaError(f"{path}: schema version {version} is not a supported version "
+                          f"({', '.join(map(str, READABLE_VERSIONS))})")
 
 
 def dumps(obj: Any) -> str:

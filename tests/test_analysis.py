@@ -342,6 +342,26 @@ def test_corrupt_and_unknown_version_are_skipped_with_warning(damaged, tmp_path_
     assert corrupt in proc.stderr and future in proc.stderr
 
 
+def test_an_older_readable_version_is_read_with_the_new_columns_null(tmp_path):
+    """Results written before the distance columns existed (schema 2) still make a report: the columns added
+    since are null, every other value is read as written; a version never released is still refused."""
+    from analysis import load_tables
+
+    for i, seed in enumerate(SEEDS):
+        write_trial(tmp_path, f"a{i}", "admm", seed, 0.5, 1e-3)
+    path = tmp_path / "results" / "trials" / f"arch={ARCH}" / "method=admm" / "a0.parquet"
+    new = pq.read_table(path)
+    old = new.drop_columns(["dense_distance", "pre_prune_distance"])
+    pq.write_table(old.replace_schema_metadata({schema.VERSION_KEY: b"2"}), path)
+    tables = load_tables(str(tmp_path))
+    assert tables.skipped == [] and len(tables.trials) == len(SEEDS)
+    row = tables.trials[tables.trials["trial_id"] == "a0"].iloc[0]
+    assert math.isnan(row["dense_distance"]) and math.isnan(row["pre_prune_distance"])
+    assert row["final_test_acc"] == new.column("final_test_acc")[0].as_py()
+    pq.write_table(old.replace_schema_metadata({schema.VERSION_KEY: b"1"}), path)
+    assert "schema version 1" in dict(load_tables(str(tmp_path)).skipped)[str(path)]
+
+
 def test_strict_fails_on_corrupt_file(damaged, tmp_path_factory):
     root, corrupt, _ = damaged
     proc = _cli("report", str(root), "--strict", "--out", str(tmp_path_factory.mktemp("r")))
