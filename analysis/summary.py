@@ -129,7 +129,8 @@ def _admm_caution(trials: pd.DataFrame, row: dict) -> str:
     if 2 * int(stuck.sum()) <= len(share):
         return ""
     return (f"ADMM did not converge: before the hard projection its weights were still {100 * share.mean():.0f}% "
-            f"as far from the sparse set as the dense model's (squared distance; over {len(share)} seeds), so the "
+            f"as far from the sparse set as the dense model's (squared distance; over {len(share)} "
+            f"seed{'' if len(share) == 1 else 's'}), so the "
             "projection did much of the pruning (see ADMM convergence)")
 
 
