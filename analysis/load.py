@@ -84,16 +84,14 @@ def _partition(path: str) -> dict[str, str]:
     return {k: parts.get(k, "") for k in schema.PARTITION_COLUMNS}
 
 
-def _read_file(fs: pafs.FileSystem, path: str) -> pd.DataFrame:
+def _read_file(fs: pafs.FileSystem, path: str, name: str) -> pd.DataFrame:
     """One results file as a DataFrame with partition columns; raises SchemaError or an Arrow error."""
     table = pq.read_table(path, filesystem=fs)
     schema.check_version(path, table.schema.metadata)
     frame = table.to_pandas()
-    name = posixpath.basename(posixpath.dirname(posixpath.dirname(posixpath.dirname(path))))
-    if name in schema.TABLES:  # an older readable version: the columns added since are null
-        for field in schema.TABLES[name]:
-            if field.name not in frame.columns:
-                frame[field.name] = pd.Series([None] * len(frame), dtype=field.type.to_pandas_dtype())
+    for field in schema.TABLES[name]:  # an older readable version: the columns added since are null
+        if field.name not in frame.columns:
+            frame[field.name] = pd.Series([None] * len(frame), dtype=field.type.to_pandas_dtype())
     for key, value in _partition(path).items():
         frame[key] = value
     return frame
@@ -127,7 +125,7 @@ def _load_table(exps: list[str], name: str, strict: bool, skipped: list[tuple[st
         for path in _table_files(fs, base, name):
             shown = path if not _is_uri(exp) else f"{display_name(exp)}/{posixpath.relpath(path, base)}"
             try:
-                frame = _read_file(fs, path)
+                frame = _read_file(fs, path, name)
             except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
                 reason = f"{type(exc).__name__}: {exc}"
                 if strict:

@@ -109,15 +109,14 @@ def _not_ok_caution(accounts: pd.DataFrame) -> str:
 ADMM_UNCONVERGED_SHARE = 0.25
 
 
-def _admm_caution(trials: pd.DataFrame, row: dict) -> str:
+def _admm_caution(trials: pd.DataFrame, row: dict, table: pd.DataFrame) -> str:
     """Words when ADMM did not converge in the configuration chosen at ``row``'s level: in most of its seeds
     the weights right before the hard projection were still more than ADMM_UNCONVERGED_SHARE of the dense
     model's squared distance from the sparse set (``pre_prune_distance / dense_distance``). Then the
     projection did much of the pruning, and the row compares "ADMM-regularised training, then magnitude
-    projection" with the baseline rather than converged ADMM."""
+    projection" with the baseline rather than converged ADMM. ``table``: the row's comparison table."""
     if "pre_prune_distance" not in trials.columns or "dense_distance" not in trials.columns:
         return ""
-    table = T.comparison_table(trials[trials["arch"] == row["arch"]], row["sparsity_level"])
     chosen = table[(table["row"] == "pruned") & (table["method"] == "admm")]
     ids = {i for i in ",".join(chosen["trial_ids"]).split(",") if i}
     mine = T.ok_trials(trials)
@@ -134,10 +133,10 @@ def _admm_caution(trials: pd.DataFrame, row: dict) -> str:
             "projection did much of the pruning (see ADMM convergence)")
 
 
-def _control(trials: pd.DataFrame, row: dict) -> tuple[float, float]:
+def _control(trials: pd.DataFrame, row: dict, table: pd.DataFrame) -> tuple[float, float]:
     """The dense control's test accuracy (mean, sample std) over the paired seeds of ``row``, for the
-    configurations chosen at its level; NaN when missing or when they use more than one dense recipe."""
-    table = T.comparison_table(trials[trials["arch"] == row["arch"]], row["sparsity_level"])
+    configurations chosen at its level (``table``: the row's comparison table); NaN when missing or when
+    they use more than one dense recipe."""
     ids = ",".join(table.loc[table["row"] == "pruned", "trial_ids"]).split(",")
     ok = T.with_control(T.ok_trials(trials))
     chosen = ok[ok["trial_id"].isin(ids) & (ok["arch"] == row["arch"])
@@ -195,9 +194,10 @@ def summary_table(trials: pd.DataFrame, search: Search = Search()) -> pd.DataFra
         mine = accounts[accounts["arch"] == row["arch"]]
         configs = dict(zip(mine["method"], mine["configurations"].astype(int)))
         leader, verdict = _verdict(row)
-        mean, std = _control(trials, row)
+        table = T.comparison_table(trials[trials["arch"] == row["arch"]], row["sparsity_level"])
+        mean, std = _control(trials, row, table)
         cautions = [_seed_caution(row["n_pairs"]), _search_caution(configs, search), _not_ok_caution(mine),
-                    _admm_caution(trials, row)]
+                    _admm_caution(trials, row, table)]
         rows.append({**row, "control_test_acc_mean": mean, "control_test_acc_std": std, "leader": leader,
                      "verdict": verdict, **{f"configurations_{m}": configs.get(m, 0) for m in (FIRST, SECOND)},
                      "methods": f"{FIRST},{SECOND}", "caution": CAUTION_SEPARATOR.join(c for c in cautions if c)})

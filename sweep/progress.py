@@ -102,8 +102,8 @@ class LiveTable(tune.Callback):
         # Tune calls this when the trial's actor has started, BEFORE it sets the trial RUNNING: counting
         # Tune's status here showed a started trial (e.g. one building the dense control) as pending
         row = self._see(trials, trial)
-        if trial.status == "PENDING":
-            self.tune_counts["PENDING"] = self.tune_counts.get("PENDING", 1) - 1
+        if trial.status == "PENDING":  # counted as pending by _see just now
+            self.tune_counts["PENDING"] -= 1
         row["status"] = "RUNNING"
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:

@@ -563,16 +563,19 @@ class _Trial:
         return self._finish()
 
     @torch.no_grad()
-    def _distance(self) -> float:
-        """sum ||W - Proj_S(W)||^2 over the prunable tensors: how far W is from the sparse set."""
-        projected = self.sset.project([p.detach() for p in self.params])
-        return float(sum(float((p.detach() - q).square().sum()) for p, q in zip(self.params, projected)))
+    def _distance(self, projected: list[torch.Tensor] | None = None) -> float:
+        """sum ||W - Proj_S(W)||^2 over the prunable tensors: how far W is from the sparse set (``projected``:
+        Proj_S(W) when the caller has it already). One host sync."""
+        if projected is None:
+            projected = self.sset.project([p.detach() for p in self.params])
+        diff = torch._foreach_sub([p.detach() for p in self.params], projected)
+        return float(torch.stack(torch._foreach_norm(diff)).square().sum())
 
     @torch.no_grad()
     def _project(self) -> None:
         """Hard projection W <- Proj_S(W); accuracy measured with stale and with recalibrated BN."""
-        self.accs["pre_prune_distance"] = self._distance()
         projected = self.sset.project([p.detach() for p in self.params])
+        self.accs["pre_prune_distance"] = self._distance(projected)  # what the projection removes
         torch._foreach_copy_(self.params, projected)
         self.finetune.masks = [(p != 0).to(p.dtype) for p in projected]
         self._measure("post_prune_stale_bn", recal=False)
