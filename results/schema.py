@@ -32,7 +32,8 @@ from trainables.config import all_fields, hyperparameter_fields
 
 # 2: hyperparameter columns generated from TrialConfig, dense control, mask_changes
 # 3: dense_distance, pre_prune_distance (how far the weights are from the sparse set before pruning)
-SCHEMA_VERSION = 3
+# 4: epochs.projected_val_acc (the early-stopping fidelity), trials.empty_layers (prunable layers pruned to zero)
+SCHEMA_VERSION = 4
 VERSION_KEY = b"prunesweep.schema_version"
 RESULTS_DIR = "results"
 PARTITION_COLUMNS = ("arch", "method")
@@ -85,6 +86,9 @@ TRIALS = pa.schema(
         # once ADMM has converged; >= dense_distance when ADMM never brought W nearer the sparse set)
         ("dense_distance", pa.float64()),
         ("pre_prune_distance", pa.float64()),
+        # prunable tensors with no nonzero weight left (a global set can empty a layer at high sparsity or
+        # with ties: the network is then cut in two and its accuracy is chance; the report flags it)
+        ("empty_layers", pa.int64()),
         ("total_params", pa.int64()),  # every parameter of the model
         ("nonzero_params", pa.int64()),
         ("prunable_params", pa.int64()),
@@ -108,7 +112,11 @@ EPOCHS = pa.schema(
         ("phase_epoch", pa.int64()),  # 1-based within the phase
         ("train_loss", pa.float64()),  # mean cross-entropy over the epoch's batches
         ("objective", pa.float64()),  # train_loss + ADMM penalty (rho/2) sum ||W - Z + U||_F^2
-        ("val_acc", pa.float64()),
+        ("val_acc", pa.float64()),  # of the weights as they are (dense ones during ADMM's sparsify phase)
+        # the fidelity every method shares (DESIGN rule 14): val accuracy of a copy of the weights projected
+        # onto the trial's target set now, BN recalibrated; equal to val_acc where the weights are in the set
+        # already (per-step and one-shot magnitude, fine-tuning); null in the dense phases. ASHA stops on it.
+        ("projected_val_acc", pa.float64()),
         ("val_loss", pa.float64()),
         ("lr", pa.float64()),
         ("density", pa.float64()),  # fraction of prunable weights that are nonzero
@@ -208,8 +216,9 @@ def file_version(metadata: Mapping[bytes, bytes] | None) -> int | None:
 
 
 # Older versions that differ from the current one only by columns added since: a file of one of them is read
-# with those columns null (no value is reinterpreted). Version 2 lacks dense_distance and pre_prune_distance.
-READABLE_VERSIONS = (2, SCHEMA_VERSION)
+# with those columns null (no value is reinterpreted). Version 2 lacks dense_distance and pre_prune_distance,
+# version 3 lacks projected_val_acc and empty_layers.
+READABLE_VERSIONS = (2, 3, SCHEMA_VERSION)
 
 
 def check_version(path: str, metadata: Mapping[bytes, bytes] | None) -> None:
