@@ -129,11 +129,12 @@ def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str
         searcher.reconcile(set())  # a new Tune run knows no trial: seeds handed out before (if any) run again
         scheduler = None
         if options["scheduler"] == "asha":
-            from ray.tune.schedulers import ASHAScheduler
+            from .scheduler import ConfigurationASHA
 
+            # rungs per study, a configuration's seeds decided together, on projected_val_acc (DESIGN rule 14);
             # max_t: the reports of one trial (docs/ARCHITECTURE.md), from the resolved trial config
-            scheduler = ASHAScheduler(metric="val_acc", mode="max", time_attr="training_iteration",
-                                      max_t=asha_max_t(space, options["archs"], base), grace_period=1)
+            scheduler = ConfigurationASHA(max_t=asha_max_t(space, options["archs"], base), grace_period=1,
+                                          seeds=options["seeds"], experiment=experiment)
         total = len(studies) * trials * options["seeds"]
         tuner = tune.Tuner(
             trainable,

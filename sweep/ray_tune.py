@@ -196,7 +196,8 @@ def sweep_trainable(config: dict, data: Any = None, context: TrialContext | None
     if done is not None:
         # the driver died after this trial wrote its results but before Tune recorded its end: on resume
         # it reports its stored end instead of training again
-        tune.report({**to_tune_metrics(done), "val_acc": done.get("final_val_acc"), "trial_done": True})
+        final = done.get("final_val_acc")
+        tune.report({**to_tune_metrics(done), "val_acc": final, "projected_val_acc": final, "trial_done": True})
         return
     store = RayDenseStore(context.dense_actor)
 

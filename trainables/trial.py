@@ -29,6 +29,7 @@ from torch import nn
 
 from results import schema, storage
 from trainables.config import ConfigError, TrialConfig, precision
+from trainables import progress
 from trainables.data import Loader, Splits, load_splits
 from trainables.methods import (Dense, MaskedFinetune, PruningMethod, check_admm_schedule, check_gradual_schedule,
                                 make_method)
@@ -423,17 +424,17 @@ class _Trial:
             # ADMM's sparsify epochs are evaluated on W as is (not projected): W is only near S until the end
             val_acc, val_loss = evaluate_recalibrated(self.model, self.loaders.val, self.loaders.recal,
                                                       self.cfg.train.bn_recal_batches, self.device)
+            projected_acc = self._projected_val_acc(val_acc) if math.isfinite(loss) else math.nan
             self.phase_epoch += 1
             row = {"seed": self.cfg.run.seed, "phase": self.phase, "epoch": len(self.epochs) + 1,
                    "phase_epoch": self.phase_epoch, "train_loss": loss, "objective": obj, "val_acc": val_acc,
-                   "val_loss": val_loss, "lr": cur_lr, "density": _density(self.params),
+                   "projected_val_acc": projected_acc, "val_loss": val_loss, "lr": cur_lr, "density": _density(self.params),
                    "primal_residual": extra.get("primal_residual", math.nan),
                    "dual_residual": extra.get("dual_residual", math.nan), "rho": extra.get("rho", math.nan),
                    "mask_changes": extra.get("mask_changes"),
                    "seconds": secs, "images_per_s": steps * self.cfg.data.batch_size / max(secs, 1e-9)}
             self.epochs.append(row)
-            log.info("%s epoch %d loss %.4f val_acc %.4f density %.3f rho %s imgs/s %.0f", self.phase,
-                     self.phase_epoch, loss, val_acc, row["density"], row["rho"], row["images_per_s"])
+            progress.epoch_done(self.cfg, row, phase_epochs=phase.epochs, wall_s=time.monotonic() - t)
             # the epoch's last step can turn the weights non-finite after a finite loss: check both, once
             finite_w = bool(torch.stack(torch._foreach_norm(list(self.model.parameters()))).isfinite().all())
             if not (math.isfinite(loss) and finite_w):
@@ -444,6 +445,28 @@ class _Trial:
             if reported and not self._is_last_epoch():
                 self._report(row)  # the trial's last epoch rides with the final report (see _finish)
         return True
+
+    @torch.no_grad()
+    def _projected_val_acc(self, val_acc: float) -> float:
+        """The early-stopping fidelity (DESIGN rule 14): the val accuracy this trial would have if its weights
+        were projected onto the target set now, BN recalibrated, training left untouched. ``val_acc`` where the
+        weights are in the set already (per-step and one-shot magnitude, fine-tuning: nothing to measure
+        twice); NaN in the dense phases, which have no target."""
+        if self.phase == "finetune":
+            return val_acc  # masked: in S by construction
+        if self.phase != "sparsify":
+            return math.nan
+        weights = [p.detach() for p in self.params]
+        projected = self.sset.project(weights)
+        if self._distance(projected) == 0.0:
+            return val_acc
+        saved = [w.clone() for w in weights]
+        torch._foreach_copy_(self.params, projected)
+        try:
+            return evaluate_recalibrated(self.model, self.loaders.val, self.loaders.recal,
+                                         self.cfg.train.bn_recal_batches, self.device)[0]
+        finally:
+            torch._foreach_copy_(self.params, saved)
 
     def _is_last_epoch(self) -> bool:
         """True after the trial's last training epoch: nothing remains of sparsify and fine-tune."""
@@ -600,7 +623,8 @@ class _Trial:
             "target_sparsity": self.sset.sparsity(weights), "dense_key": self.device_key,
             "control_key": self.control_key if cfg.run.dense_control else "",
             **{k: self.accs.get(k, math.nan) for k in schema.TRIALS.names if k.endswith(("_acc", "_distance"))},
-            **sizes, "epochs_run": len(self.epochs),
+            **sizes, "empty_layers": sum(1 for r in layers if r["prunable"] and r["nonzero"] == 0),
+            "epochs_run": len(self.epochs),
             "wall_time_s": self.elapsed + time.monotonic() - self.t0, "device": str(self.device),
             "config_json": schema.dumps(cfg.to_dict()),
             "provenance_json": schema.dumps(provenance(self.device, self.data_given, self.runner)),
@@ -612,7 +636,9 @@ class _Trial:
             self.on_result(result)  # e.g. the sweep writes its Parquet tables before Tune may stop the trial
         if self.report is not None:
             final = dict(self.epochs[-1]) if self.epochs else {}
-            metrics = dict(final, **summary, val_acc=summary["final_val_acc"], phase=self.phase,
+            # the final report's accuracies are the final ones (sparse weights: both metrics agree)
+            metrics = dict(final, **summary, val_acc=summary["final_val_acc"],
+                           projected_val_acc=summary["final_val_acc"], phase=self.phase,
                            epoch=len(self.epochs), done=True)
             metrics["trial_id"] = self.trial_id
             self.report(metrics, None)
