@@ -254,3 +254,55 @@ def test_a_methods_config_fields_reach_the_trials_table_and_the_grouping(method)
 
 OTHER_VALUES = {"rho": 0.5, "rho_growth": 1.2, "rho_max": 5.0, "admm_interval": 0.5, "admm_interval_unit": "step",
                 "schedule": "one_shot", "gradual_interval": 3}
+
+
+def _tied_tensors():
+    # few distinct magnitudes, no zeros: ties everywhere, and one layer whose every weight is the smallest
+    g = torch.Generator().manual_seed(3)
+    levels = torch.tensor([0.25, 0.5, 1.0])
+    tensors = []
+    for s in SHAPES:
+        t = levels[torch.randint(0, 3, s, generator=g)] * (torch.randint(0, 2, s, generator=g) * 2 - 1)
+        tensors.append(t.float())
+    tensors[2] = torch.full(SHAPES[2], 0.01)  # all tied, below everything else
+    return tensors
+
+
+@pytest.mark.parametrize("kind", list(SETS))
+@pytest.mark.parametrize("level", (0.5, 0.9))
+def test_projection_with_ties_is_exact_deterministic_and_idempotent(kind, level):
+    """Ties (quantized or clipped weights): the kept count stays exact (no tie kept twice or dropped), the tie
+    rule is deterministic (the same masks on every call, also for a copy), and projecting twice changes nothing."""
+    sset = make_sparsity_set(kind, level)
+    tensors = _tied_tensors()
+    masks = sset.masks(tensors)
+    assert sum(int(m.sum()) for m in masks) == sset.kept_count(tensors)
+    assert all(torch.equal(a, b) for a, b in zip(masks, sset.masks([t.clone() for t in tensors])))
+    projected = sset.project(tensors)
+    assert sum(int(torch.count_nonzero(p)) for p in projected) == sset.kept_count(tensors)
+    assert all(torch.equal(a, b) for a, b in zip(sset.project(projected), projected))
+
+
+def test_a_global_set_that_empties_a_layer_is_counted_in_the_trial_columns():
+    """A global threshold can prune a whole layer to zero (it is all ties below the threshold here): the
+    network is cut there, and the trials table's empty_layers says so (0 for the uniform set)."""
+    from trainables.sparsity import layer_report, summarize
+
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v3_small", width=0.25)
+    named = prunable_parameters(model)
+    names, params = [n for n, _ in named], [p for _, p in named]
+    with torch.no_grad():
+        for p in params:  # one scale everywhere (a fresh model's init scales differ per layer: at 0.9 a
+            p.normal_()   # global threshold empties 11 of its layers, which is the point of the column)
+        params[3].fill_(1e-4)  # one layer's weights all tied and smaller than every other
+        counts = {}
+        for kind in ("global", "uniform"):
+            projected = make_sparsity_set(kind, 0.9).project([p.detach() for p in params])
+            pruned = copy.deepcopy(model)
+            pruned_params = [p for _, p in prunable_parameters(pruned)]
+            for p, q in zip(pruned_params, projected):
+                p.copy_(q)
+            rows = layer_report(pruned, names, target_sparsity=dict.fromkeys(names, 0.9))
+            counts[kind] = summarize(rows, pruned)["empty_layers"]
+    assert counts == {"global": 1, "uniform": 0}

@@ -241,6 +241,9 @@ def summarize(rows: list[dict], model: nn.Module) -> dict:
         "achieved_sparsity": 1.0 - p_nnz / p_numel if p_numel else 0.0,
         "dense_macs": sum(r["dense_macs"] for r in rows),
         "nonzero_macs": sum(r["nonzero_macs"] for r in rows),
+        # prunable tensors left with no nonzero weight: the network is cut there (a global set can do it at
+        # high sparsity or with ties); the trials table and the report flag it
+        "empty_layers": sum(1 for r in prunable if r["nonzero"] == 0),
     }
 
 

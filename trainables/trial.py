@@ -57,12 +57,17 @@ class FileDenseStore:
 
     def get_or_build(self, key: str, build: Callable[[], bytes], wait: bool = True) -> bytes | None:
         path = os.path.join(self.folder, f"{key}.pt")
+        finished = self._read(path)  # written by rename: a payload that exists is whole, no lock needed
+        if finished is not None:
+            return finished
         with open(path + ".lock", "a") as lock:
             try:
                 # others wait here while one builds, then read (or, not waiting, go on without it)
                 fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                return None
+                # the holder may be a waiter reading a payload finished since the check above: only an
+                # unfinished build leaves the caller without it
+                return self._read(path)
             try:
                 if os.path.exists(path):
                     with open(path, "rb") as f:
@@ -72,6 +77,14 @@ class FileDenseStore:
                 return payload
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _read(path: str) -> bytes | None:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
 
 
 @dataclass
@@ -623,8 +636,7 @@ class _Trial:
             "target_sparsity": self.sset.sparsity(weights), "dense_key": self.device_key,
             "control_key": self.control_key if cfg.run.dense_control else "",
             **{k: self.accs.get(k, math.nan) for k in schema.TRIALS.names if k.endswith(("_acc", "_distance"))},
-            **sizes, "empty_layers": sum(1 for r in layers if r["prunable"] and r["nonzero"] == 0),
-            "epochs_run": len(self.epochs),
+            **sizes, "epochs_run": len(self.epochs),
             "wall_time_s": self.elapsed + time.monotonic() - self.t0, "device": str(self.device),
             "config_json": schema.dumps(cfg.to_dict()),
             "provenance_json": schema.dumps(provenance(self.device, self.data_given, self.runner)),
