@@ -3,7 +3,7 @@
 What it shows (``LiveTable.render``)::
 
     sweep: 2 running, 1 pending, 3 finished (2 ok, 1 diverged, 0 failed, 0 stopped), 1m05s
-    trial     study                        seed phase     epoch val_acc status
+    trial     study                        seed phase     epoch val_acc  pruned status
     1e3757c3  mobilenet_v2-admm               0 sparsify      2  0.3529 RUNNING
     ...
     best final_val_acc per study:
@@ -73,7 +73,9 @@ class LiveTable(tune.Callback):
     locking.
     """
 
-    HEADER = f"{'trial':9} {'study':28} {'seed':>4} {'phase':9} {'epoch':>5} {'val_acc':>7} status"
+    # pruned: projected_val_acc, what the trial would score pruned onto its target set now (DESIGN rule 14:
+    # what early stopping ranks); val_acc: the weights as they are (dense during ADMM's sparsify phase)
+    HEADER = f"{'trial':9} {'study':28} {'seed':>4} {'phase':9} {'epoch':>5} {'val_acc':>7} {'pruned':>7} status"
 
     def __init__(self, interval_s: float = 10.0, max_rows: int = 20, *,
                  clock: Callable[[], float] = time.monotonic, redraw: bool | None = None, total: int = 0):
@@ -109,7 +111,8 @@ class LiveTable(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         row = self._see(trials, trial)
         row.update(phase=result.get("phase", row["phase"]), epoch=result.get("epoch", row["epoch"]),
-                   val_acc=result.get("val_acc", row["val_acc"]))
+                   val_acc=result.get("val_acc", row["val_acc"]),
+                   pruned=result.get("projected_val_acc", row["pruned"]))
         now = self.clock()
         if self.last_emit is None or now - self.last_emit >= self.interval_s:
             self.emit(now)
@@ -132,7 +135,7 @@ class LiveTable(tune.Callback):
             config = trial.config or {}
             row = self.rows[trial.trial_id] = {
                 "trial_id": trial.trial_id, "study": study_of(config), "seed": config.get("seed", "-"),
-                "phase": "-", "epoch": None, "val_acc": None, "status": "RUNNING"}
+                "phase": "-", "epoch": None, "val_acc": None, "pruned": None, "status": "RUNNING"}
         if row["status"] in ("RUNNING", "PENDING", "PAUSED"):
             row["status"] = trial.status
         return row
@@ -143,7 +146,8 @@ class LiveTable(tune.Callback):
         row["status"] = trial_status(result, errored)
         if not errored:
             row.update(phase=result.get("phase", row["phase"]), epoch=result.get("epoch", row["epoch"]),
-                       val_acc=result.get("final_val_acc", result.get("val_acc", row["val_acc"])))
+                       val_acc=result.get("final_val_acc", result.get("val_acc", row["val_acc"])),
+                       pruned=result.get("final_val_acc", result.get("projected_val_acc", row["pruned"])))
         if trial.trial_id in self.finished_order:  # a trial reported twice (e.g. after a restore)
             self.finished_order.remove(trial.trial_id)
         self.finished_order.append(trial.trial_id)
@@ -193,7 +197,7 @@ class LiveTable(tune.Callback):
     def _row(r: dict[str, Any]) -> str:
         epoch = "-" if r["epoch"] is None else str(r["epoch"])
         return (f"{r['trial_id'][:9]:9} {r['study'][:28]:28} {str(r['seed']):>4} {str(r['phase'])[:9]:9} "
-                f"{epoch:>5} {_acc(r['val_acc']):>7} {r['status']}")
+                f"{epoch:>5} {_acc(r['val_acc']):>7} {_acc(r['pruned']):>7} {r['status']}")
 
     def emit(self, now: float) -> None:
         """Log the current block to ``sweep.progress`` (on a cleared screen when redrawing)."""

@@ -102,9 +102,22 @@ def test_best_per_study_counts_and_outcomes(blocks):
     assert "(2 ok)" in best["mobilenet_v2-admm"]
     assert best["mobilenet_v2-magnitude"].split()[1] == "-"  # diverged and failed trials have no best
     rows = {ln.split()[0]: ln for ln in text.splitlines()[2:] if ln.split()[0] in ("a1", "a2", "m1", "m2")}
-    assert rows["a2"].split()[2:] == ["1", "finetune", "3", "0.7200", "ok"]  # seed, phase, epoch, acc, status
+    # seed, phase, epoch, val_acc, pruned (the final accuracy once finished), status
+    assert rows["a2"].split()[2:] == ["1", "finetune", "3", "0.7200", "0.7200", "ok"]
     assert rows["m1"].endswith("diverged") and rows["m2"].endswith("failed")
     assert blocks()[-1].startswith("sweep: 0 running, 1 pending, 4 finished (2 ok, 1 diverged, 1 failed")
+
+
+def test_the_table_shows_the_projected_accuracy_early_stopping_ranks():
+    """During ADMM's sparsify phase val_acc is of dense weights; the table shows beside it what the trial would
+    score pruned now (projected_val_acc), the number the early stopping ranks (DESIGN rules 10, 14)."""
+    sweep = Sweep(LiveTable(clock=Clock(), redraw=False))
+    t = sweep.start("a1", "mobilenet_v2-admm")
+    sweep.table.on_trial_result(iteration=0, trials=sweep.trials, trial=t, result={
+        "phase": "sparsify", "epoch": 2, "val_acc": 0.31, "projected_val_acc": 0.13, "status": "ok",
+        "trial_done": False, "training_iteration": 1})
+    row = {ln.split()[0]: ln.split() for ln in sweep.table.render().splitlines()[2:]}["a1"]
+    assert row[4:] == ["2", "0.3100", "0.1300", "RUNNING"]
 
 
 def test_a_started_trial_without_results_is_running_not_pending():
@@ -119,7 +132,7 @@ def test_a_started_trial_without_results_is_running_not_pending():
     text = sweep.table.render()
     assert text.splitlines()[0].startswith("sweep: 2 running, 1 pending, 0 finished")
     rows = {ln.split()[0]: ln.split() for ln in text.splitlines()[2:] if ln.split()[0] in ("a1", "b1")}
-    assert rows["b1"][3:] == ["-", "-", "-", "RUNNING"] and rows["a1"][-1] == "RUNNING"
+    assert rows["b1"][3:] == ["-", "-", "-", "-", "RUNNING"] and rows["a1"][-1] == "RUNNING"
     assert b.status == Trial.RUNNING
 
 
