@@ -12,7 +12,7 @@ import uuid
 
 import pyarrow.fs as pafs
 
-__all__ = ["resolve", "join", "parent", "exists", "read_bytes", "write_bytes", "delete"]
+__all__ = ["resolve", "join", "parent", "exists", "read_bytes", "write_bytes", "delete", "check_writable"]
 
 
 def resolve(root: str) -> tuple[pafs.FileSystem, str]:
@@ -78,3 +78,35 @@ def write_bytes(root: str, rel: str, data: bytes) -> None:
 def delete(root: str, rel: str) -> None:
     fs, base = resolve(root)
     fs.delete_file(posixpath.join(base, rel))
+
+
+def check_writable(root: str) -> None:
+    """Raise OSError (NotADirectoryError for a file in the way) unless files can be written under ``root``: a
+    local folder (made if missing) or a URI. Found out by writing and deleting a probe; leaves nothing behind,
+    the folders it had to make included."""
+    fs, base = resolve(root)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        name = f".probe-{uuid.uuid4().hex}"
+        write_bytes(root, name, b"")
+        delete(root, name)
+        return
+    import os
+    import tempfile
+
+    made, path = [], base
+    while not os.path.exists(path):  # the folders this check makes, deepest first
+        made.append(path)
+        path = posixpath.dirname(path)
+    if not os.path.isdir(path):
+        raise NotADirectoryError(f"{path} is a file, not a folder")
+    try:
+        os.makedirs(base, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=base, prefix=".probe-")
+        os.close(fd)
+        os.remove(probe)
+    finally:
+        for folder in made:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass

@@ -3,6 +3,7 @@ Ctrl-C). The options live in sweep.options, Ray and resources in sweep.resources
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 
@@ -14,12 +15,31 @@ __all__ = ["main", "run_sweep", "UsageError", "build_parser"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The exit code (2: bad input, 130: Ctrl-C); ``--help`` raises SystemExit(0). Callable in-process."""
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    with progress_on_stdout():
+        return _main(argv)
+
+
+@contextlib.contextmanager
+def progress_on_stdout():
+    """sweep.progress (the live table) on the current stdout, for this command only."""
     progress = logging.getLogger("sweep.progress")
+    handler = logging.StreamHandler(sys.stdout)
+    saved = progress.level, progress.propagate
     progress.setLevel(logging.INFO)
-    progress.addHandler(logging.StreamHandler(sys.stdout))
     progress.propagate = False
+    progress.addHandler(handler)
+    try:
+        yield
+    finally:
+        progress.removeHandler(handler)
+        progress.setLevel(saved[0])
+        progress.propagate = saved[1]
+
+
+def _main(argv: list[str]) -> int:
     try:
         args = build_parser().parse_args(argv)  # --help exits here
         if args.command == "spaces":

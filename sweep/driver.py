@@ -27,8 +27,8 @@ from trainables.config import TrialConfig
 
 from . import spaces as sp
 from .options import (JOURNAL, OPTIONS_FILE, UsageError, asha_max_t, build_parser, check_data, exists,
-                      experiment_path, load_data, parse_set, validate_run, without_params)
-from .resources import check_resources, check_storage, default_gpus, init_ray
+                      experiment_path, load_data, parse_set, validate_resume, validate_run, without_params)
+from .resources import check_resources, check_storage, check_storage_here, default_gpus, init_ray
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def start(args: argparse.Namespace, write: Callable[[str], None]) -> str:
     import time
 
     space, archs, base = validate_run(args)
-    storage = args.storage if "://" in args.storage else os.path.abspath(args.storage)
+    storage = check_storage_here(args.storage)  # before Ray, data or anything written: a usage error at once
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if exists(experiment_path(storage, name)):
         raise UsageError("--name", f"experiment {name!r} already exists in {storage}: use "
@@ -71,7 +71,8 @@ def start(args: argparse.Namespace, write: Callable[[str], None]) -> str:
 def resume(args: argparse.Namespace, write: Callable[[str], None]) -> str:
     from results.storage import read_bytes
 
-    storage = args.storage if "://" in args.storage else os.path.abspath(args.storage)
+    validate_resume(args)
+    storage = check_storage_here(args.storage)  # before Ray: an unreachable storage is a usage error at once
     experiment = experiment_path(storage, args.name)
     raw = read_bytes(experiment, OPTIONS_FILE)
     if raw is None:

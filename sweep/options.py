@@ -14,6 +14,7 @@ from . import spaces as sp
 JOURNAL = "optuna.journal"
 OPTIONS_FILE = "sweep.json"
 SCHEDULERS = ("none", "asha")
+SAMPLERS = ("tpe", "gp", "nsga2")  # Optuna samplers by name (sweep.searcher.make_sampler builds them)
 
 
 class UsageError(ValueError):
@@ -50,8 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
                      "(arch, seed, recipe) and shared by every trial that starts from it [default: 4]")
     run.add_argument("--sparsify-epochs", type=int, default=2, help=f"{helps['sparsify_epochs']} [default: 2]")
     run.add_argument("--finetune-epochs", type=int, default=2, help=f"{helps['finetune_epochs']} [default: 2]")
-    from .searcher import SAMPLERS
-
     run.add_argument("--sampler", default="tpe", help=f"Optuna sampler, one of: {', '.join(SAMPLERS)} [default: tpe]")
     run.add_argument("--scheduler", default="none", help=f"trial scheduler, one of: {', '.join(SCHEDULERS)} "
                      "(asha: single-objective spaces with fixed epoch counts only) [default: none]")
@@ -119,19 +118,18 @@ def validate_run(args: argparse.Namespace) -> tuple[sp.Space, list[str], dict[st
                            ("--max-failures", args.max_failures, 0), ("--max-concurrent", args.max_concurrent, 0)):
         if value < lo:
             raise UsageError(opt, f"{value} must be >= {lo}")
-    from .searcher import SAMPLERS
-
     if args.sampler not in SAMPLERS:
         raise UsageError("--sampler", f"{args.sampler!r} is not one of {', '.join(SAMPLERS)}")
     if args.scheduler not in SCHEDULERS:
         raise UsageError("--scheduler", f"{args.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
-    if args.scheduler == "asha" and any(space.searches_sparsity(m) for m in space.methods):
-        raise UsageError("--scheduler", "asha needs a single-objective space (sparsity fixed); this space "
-                                        "searches sparsity (multi-objective)")
     base = base_config(args)
     fixed_by_set = parse_set(args.set)
     base.update(fixed_by_set)
     space = without_params(space, set(fixed_by_set))  # --set wins over the space: that key is not searched
+    check_searched_params_act(space, base, fixed_by_set)
+    if args.scheduler == "asha" and any(space.searches_sparsity(m) for m in space.methods):
+        raise UsageError("--scheduler", "asha needs a single-objective space (sparsity fixed); this space "
+                                        "searches sparsity (multi-objective)")
     for arch in archs:
         for method in space.methods:
             for probe in probes(space, method, base, arch):
@@ -141,11 +139,46 @@ def validate_run(args: argparse.Namespace) -> tuple[sp.Space, list[str], dict[st
                     raise UsageError(option_of(e.field, space, method, fixed_by_set), str(e)) from None
     if args.scheduler == "asha":
         asha_max_t(space, archs, base)  # raises UsageError when the space searches an epoch count
-    if args.cpus_per_trial <= 0:
-        raise UsageError("--cpus-per-trial", f"{args.cpus_per_trial} must be > 0")
-    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
-        raise UsageError("--gpus-per-trial", f"{args.gpus_per_trial} must be >= 0")
+    check_trial_resources(args.cpus_per_trial, args.gpus_per_trial)
     return space, archs, base
+
+
+def check_trial_resources(cpus: float | None, gpus: float | None) -> None:
+    """--cpus-per-trial > 0 and --gpus-per-trial >= 0, where given (None: the default, or as the sweep ran)."""
+    import math
+
+    if cpus is not None and not (math.isfinite(cpus) and cpus > 0):
+        raise UsageError("--cpus-per-trial", f"{cpus:g} must be a number > 0")
+    if gpus is not None and not (math.isfinite(gpus) and gpus >= 0):
+        raise UsageError("--gpus-per-trial", f"{gpus:g} must be a number >= 0")
+
+
+def validate_resume(args: argparse.Namespace) -> None:
+    """Check the resume options that need no Ray and no storage. Raises UsageError."""
+    check_trial_resources(args.cpus_per_trial, args.gpus_per_trial)
+
+
+# The sparsity sets that read each field: searching a field that the set of a trial ignores draws values with
+# no effect (duplicate configurations under different labels, and for sparsity a fake second objective).
+READ_BY_SETS = {"sparsity": ("uniform", "global"), "nm_n": ("nm",), "nm_m": ("nm",)}
+
+
+def check_searched_params_act(space: sp.Space, base: dict[str, Any], fixed_by_set: dict[str, Any]) -> None:
+    """UsageError when the space searches a field that a sparsity set it can draw ignores (N:M and sparsity)."""
+    default_set = TrialConfig().prune.sparsity_set
+    for method in space.methods:
+        params = space.params_for(method)
+        dist = params.get("sparsity_set")
+        sets = set(sp.sample_values(dist)) if dist else {base.get("sparsity_set", default_set)}
+        for name, readers in READ_BY_SETS.items():
+            d = params.get(name)
+            ignoring = sorted(sets - set(readers))
+            if d is None or d.kind == "fixed" or not ignoring:
+                continue
+            where = "--set" if "sparsity_set" in fixed_by_set else "the space" if dist else "the default"
+            raise UsageError("--space", f"{name}: searched, but sparsity_set {ignoring[0]} (from {where}) ignores "
+                                        f"it: every value draws the same trial; fix {name} or search "
+                                        f"sparsity_set {' or '.join(readers)} only (one space per set)")
 
 
 def base_config(args: argparse.Namespace) -> dict[str, Any]:

@@ -96,6 +96,23 @@ def default_gpus(local: bool, autoscaler_config: str = AUTOSCALER_CONFIG) -> flo
     return 0.0
 
 
+def check_storage_here(storage: str) -> str:
+    """--storage made absolute (a path) or kept (a URI), after the driver wrote and deleted a probe there:
+    before Ray starts and before anything is written, so an unreachable or read-only storage is a
+    UsageError at once. Leaves nothing behind (a folder it had to make included). No Ray here; every node's
+    access is checked by :func:`check_storage` once Ray runs."""
+    from results.storage import check_writable
+
+    root = storage if "://" in storage else os.path.abspath(storage)
+    if not storage.strip():
+        raise UsageError("--storage", "empty value: a folder or an s3:// gs:// URI")
+    try:
+        check_writable(root)
+    except (OSError, ValueError) as e:  # pyarrow: OSError (network, permission), ArrowInvalid (a bad URI)
+        raise UsageError("--storage", f"{storage} cannot be written from here: {e}") from None
+    return root
+
+
 def check_storage(storage: str) -> str:
     from .storage import StorageError, check_storage as check
 

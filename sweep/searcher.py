@@ -28,6 +28,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from .options import SAMPLERS  # names are data (--help lists them without importing Optuna)
 from .outcome import trial_status
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,34 @@ class MultiStudySearcher(Searcher):
                         self.live[ray_id] = (name, t.number, seed)
                     else:
                         self.open_seeds.append((name, t.number, seed))
+        self.answer_from_rows()
+
+    def answer_from_rows(self) -> None:
+        """Live seeds whose Ray trial already wrote its trials row are told from that row.
+
+        The driver can die after a trial's Parquet rows are written and before Optuna is told; on resume Tune
+        may never report that trial again (it saved it finished, or the trainable reports its stored end):
+        the row is the trial's outcome, read through the same rule as a live end (``classify``).
+        """
+        from results.storage import parent
+
+        experiment = parent(self.storage_path)
+        for ray_id, (name, _number, _seed) in list(self.live.items()):
+            fixed = self.specs[name].fixed
+            row = trial_row(experiment, fixed.get("arch"), fixed.get("method"), ray_id)
+            if row is not None:
+                log.info("trial %s ended (%s) before Optuna was told: telling it from its row", ray_id,
+                         row.get("status"))
+                self._record(ray_id, {**row, "trial_done": row.get("status") in ("ok", "diverged")},
+                             row.get("status") == "failed")
+
+    def answer_from_tune(self, trials: dict[str, tuple[str, dict]]) -> None:
+        """Live seeds that Tune saved finished (``trials``: id -> (status, last result)) without a row: Tune
+        restores them finished and never reports them again, so they are told from Tune's saved end."""
+        for ray_id in [r for r in self.live if trials.get(r, ("",))[0] in ("ERROR", "TERMINATED")]:
+            status, last = trials[ray_id]
+            log.info("trial %s ended (%s) before Optuna was told: telling it from Tune's state", ray_id, status)
+            self._record(ray_id, last, status == "ERROR")
 
     def save(self, checkpoint_path: str) -> None:
         # Nothing to save: the storage holds everything; a marker keeps Tune's restore path happy.
@@ -132,11 +161,12 @@ class MultiStudySearcher(Searcher):
         self.rebuild_from_storage()
         from results.storage import parent
 
-        known = tune_trial_ids(parent(self.storage_path))
-        if known is None:
+        trials = tune_trials(parent(self.storage_path))
+        if trials is None:
             log.warning("no Tune experiment state next to %s: cannot reconcile live trials", self.storage_path)
             return
-        self.reconcile(known)
+        self.reconcile(set(trials))
+        self.answer_from_tune(trials)
 
     def reconcile(self, known: set[str]) -> None:
         """Seeds handed to Ray trials that Tune does not know (``known``: Tune's trial ids) run again."""
@@ -185,6 +215,9 @@ class MultiStudySearcher(Searcher):
 
         Unknown ids (e.g. from before a restore, already told) are ignored.
         """
+        self._record(trial_id, result, error)
+
+    def _record(self, trial_id: str, result: dict | None, error: bool) -> None:
         key = self.live.pop(trial_id, None)
         if key is None:
             log.debug("ignoring unknown or already finished trial %s", trial_id)
@@ -229,9 +262,6 @@ def tell(study: optuna.Study, number: int, results: list[dict]) -> None:
         n = len(results[0]["values"])
         mean = [sum(r["values"][i] for r in results) / len(results) for i in range(n)]
         study.tell(number, mean if n > 1 else mean[0])
-
-
-SAMPLERS = ("tpe", "gp", "nsga2")
 
 
 def make_sampler(name: str, n_objectives: int) -> optuna.samplers.BaseSampler:
@@ -280,8 +310,42 @@ class JournalMirror:
             write_bytes(self.folder, self.name, f.read())
 
 
+def trial_row(experiment: str, arch: str | None, method: str | None, trial_id: str) -> dict | None:
+    """One Ray trial's trials-table row in ``experiment`` (any status), or None when it has none."""
+    import pyarrow.parquet as pq
+
+    from results import schema
+
+    fs, path = schema.trial_file(experiment, "trials", arch=str(arch), method=str(method), trial_id=trial_id)
+    try:
+        rows = pq.read_table(path, filesystem=fs).to_pylist()
+    except (FileNotFoundError, OSError):
+        return None
+    return rows[0] if rows else None
+
+
+def tune_trials(experiment: str) -> dict[str, tuple[str, dict]] | None:
+    """Tune's newest saved experiment state in ``experiment``: trial id -> (status, last result); None when
+    there is none."""
+    state = _tune_state(experiment)
+    if state is None:
+        return None
+    out = {}
+    for trial, metadata in state["trial_data"]:
+        t, m = json.loads(trial), json.loads(metadata)
+        last = m.get("last_result")
+        out[t["trial_id"]] = (t.get("status", ""), last if isinstance(last, dict) else {})
+    return out
+
+
 def tune_trial_ids(experiment: str) -> set[str] | None:
     """Trial ids in Tune's newest experiment state file in ``experiment`` (None when there is none)."""
+    trials = tune_trials(experiment)
+    return None if trials is None else set(trials)
+
+
+def _tune_state(experiment: str) -> dict | None:
+    """The newest ``experiment_state-*.json`` Tune saved in ``experiment``, parsed, or None."""
     import pyarrow.fs as pafs
 
     from results.storage import resolve
@@ -293,8 +357,7 @@ def tune_trial_ids(experiment: str) -> set[str] | None:
     if not states:
         return None
     with fs.open_input_stream(states[-1]) as f:
-        state = json.loads(f.read())
-    return {json.loads(trial)["trial_id"] for trial, _ in state["trial_data"]}
+        return json.loads(f.read())
 
 
 def open_storage(path: str) -> optuna.storages.BaseStorage:

@@ -1,20 +1,23 @@
 """python -m trainables train ...: one trial without Ray.
 
 Flags are generated from the TrialConfig fields (one --<key-with-dashes> per field). Bad input prints
-"error: <field>: <message>" on stderr and exits 2 before any training starts.
+"error: <field>: <message>" on stderr and exits 2 before any training starts; what needs no torch (the
+config, the folders it will write) is checked before torch is imported, so a refusal answers at once.
+Progress: one line per epoch on stderr (trainables.progress), every phase's; -q silences it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import sys
 
 from trainables import config as C
+from trainables.progress import duration
 
 
 def _parse_optional(kind):
@@ -45,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dense-cache", help="a folder of shared dense models (and dense controls): a trial "
                                              "with the same dense recipe reuses the one trained before")
     train.add_argument("--trial-id", default="local", help="the trial's id in the results tables")
-    train.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
+    loud = train.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true", help="no progress lines (one per epoch, on stderr)")
+    loud.add_argument("-v", "--verbose", action="store_true", help="also log the library's INFO messages")
     return parser
 
 
@@ -71,8 +76,6 @@ def _flat(args: argparse.Namespace) -> dict:
 
 def _keep_checkpoint(target: str | None):
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
-        print(f"{metrics.get('phase')} epoch {metrics.get('epoch')} val_acc {metrics.get('val_acc', math.nan):.4f} "
-              f"done={metrics.get('done')}", file=sys.stderr)
         if target and checkpoint_dir:
             tmp = target.rstrip("/") + ".tmp"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -82,30 +85,111 @@ def _keep_checkpoint(target: str | None):
     return report
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """The folders the run will write, checked before anything starts (ConfigError naming the option):
+    writable, made if missing, and left as they were found."""
+    from results.storage import check_writable
+
+    checkpoint_parent = os.path.dirname(os.path.abspath(args.checkpoint_dir)) if args.checkpoint_dir else None
+    for field, path in (("out", args.out), ("checkpoint_dir", args.checkpoint_dir),
+                        ("checkpoint_dir", checkpoint_parent), ("dense_cache", args.dense_cache)):
+        if path is None:
+            continue
+        if field != "out" and "://" in path:
+            raise C.ConfigError(field, f"{path}: a local folder is needed here, not a URI")
+        try:
+            check_writable(path)
+        except (OSError, ValueError) as exc:
+            raise C.ConfigError(field, f"cannot write to {path}: {exc}") from None
+    if args.resume and not os.path.isdir(args.resume):
+        raise C.ConfigError("resume_from", f"{args.resume} is not a folder")
+
+
+def free_fields() -> set[str]:
+    """The fields a resumed run may change: how or where it runs (NOT_HP), not what it computes (DENSE)."""
+    return {f.name for f in C.all_fields() if not f.metadata.get("hyperparameter", True)
+            and not f.metadata.get("dense")}
+
+
+def resumed_config(folder: str, given: dict) -> C.TrialConfig:
+    """--resume: the checkpoint's configuration, with the run options given now. A given option that
+    contradicts the checkpoint is refused (the result would be labelled with it and computed without it)."""
+    from trainables.trial import _CKPT, load_checkpoint
+
+    path = os.path.join(folder, _CKPT)
+    if not os.path.isfile(path):
+        raise C.ConfigError("resume_from", f"{folder} holds no {_CKPT} (a --checkpoint-dir folder is expected)")
+    try:
+        saved = load_checkpoint(path, "cpu")["config"]
+        old = C.TrialConfig.from_dict({k: v for k, v in saved.items() if k in C.field_owners()}).to_dict()
+    except Exception as exc:  # noqa: BLE001 - a truncated, foreign or older file: the user's input
+        raise C.ConfigError("resume_from", f"cannot read the checkpoint {path}: {exc}") from None
+    free = free_fields()
+    new = C.TrialConfig.from_dict(given).to_dict()
+    clash = [f"--{k.replace('_', '-')} {new[k]!r} (checkpoint: {old[k]!r})" for k in given
+             if k not in free and new[k] != old[k]]
+    if clash:
+        raise C.ConfigError("resume_from", f"the checkpoint in {folder} is of another configuration: "
+                            f"{', '.join(clash)}; leave these options out (they are read from the checkpoint); "
+                            f"only {', '.join(sorted(free))} may change on resume")
+    return C.TrialConfig.from_dict({**{k: v for k, v in old.items() if k not in free}, **given})
+
+
+@contextlib.contextmanager
+def progress_on_stderr(quiet: bool):
+    """The per-epoch lines of trainables.progress on stderr (none with -q), for this command only."""
+    logger = logging.getLogger("trainables.progress")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = logger.level, logger.propagate
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def _error(exc: Exception) -> int:
+    field = getattr(exc, "field", "config")
+    message = getattr(exc, "message", None) or str(exc)
+    print(f"error: {field}: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
-    # imported late so `--help` does not pay for torch
+    try:  # everything checkable without torch first: a refusal answers at once
+        given = _flat(args)
+        cfg = C.TrialConfig.from_dict(given)
+        check_paths(args)
+    except C.ConfigError as exc:
+        return _error(exc)
     from trainables.data import DataError, load_splits
     from trainables.trial import run_trial
-    try:
-        cfg = C.TrialConfig.from_dict(_flat(args))
-        if args.resume and not os.path.isdir(args.resume):
-            raise C.ConfigError("resume_from", f"{args.resume} is not a folder")
-        data = load_splits(cfg.data)
-        store = None
-        if args.dense_cache:
-            from trainables.trial import FileDenseStore
 
-            store = FileDenseStore(os.path.abspath(args.dense_cache))
-        result = run_trial(cfg, data=data, report=_keep_checkpoint(args.checkpoint_dir),
-                           resume_from=args.resume, trial_id=args.trial_id, dense_store=store)
-    except (C.ConfigError, DataError) as exc:
-        field = getattr(exc, "field", "config")
-        message = getattr(exc, "message", None) or str(exc)
-        print(f"error: {field}: {message}", file=sys.stderr)
-        return 2
+    with progress_on_stderr(args.quiet) as progress:
+        try:
+            if args.resume:
+                cfg = resumed_config(args.resume, given)
+            data = load_splits(cfg.data)
+            store = None
+            if args.dense_cache:
+                from trainables.trial import FileDenseStore
+
+                store = FileDenseStore(os.path.abspath(args.dense_cache))
+            result = run_trial(cfg, data=data, report=_keep_checkpoint(args.checkpoint_dir),
+                               resume_from=args.resume, trial_id=args.trial_id, dense_store=store)
+        except (C.ConfigError, DataError) as exc:
+            return _error(exc)
+        s = result.summary
+        progress.info("%s: final_val_acc %.4f  achieved_sparsity %.3f  %s", s["status"], s["final_val_acc"],
+                      s["achieved_sparsity"], duration(s["wall_time_s"]))
     if args.out:
         result.write(args.out, trial_id=args.trial_id)
     if args.json:
