@@ -94,12 +94,19 @@ def resume(args: argparse.Namespace, write: Callable[[str], None]) -> str:
     return launch(options, space, resume=True, write=write)
 
 
+# How Tune resumes a sweep. Unfinished trials continue from their checkpoints. Errored trials are NOT re-run:
+# a trial errors only after its max_failures retries, its failed row is written and Optuna was told FAIL, so a
+# re-run that now succeeded would leave the tables (ok, chosen by the report) and Optuna (FAIL) disagreeing.
+# One truth: the failure stands (DESIGN rule 15: a failed seed counts against its configuration).
+RESUME = {"resume_unfinished": True, "resume_errored": False, "restart_errored": False}
+
+
 def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str], None], splits=None) -> str:
     """Build the Tuner (or restore it), run it, print the summary; returns the experiment folder."""
     from ray import tune
 
     from .progress import LiveTable
-    from .ray_tune import EndWriter, TrialContext, start_dense_store, sweep_trainable
+    from .ray_tune import EndWriter, MissingCheckpoints, TrialContext, start_dense_store, sweep_trainable
     from .searcher import MultiStudySearcher, StudySpec
 
     storage, name = options["storage"], options["name"]
@@ -114,9 +121,9 @@ def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str
     trainable = tune.with_resources(tune.with_parameters(sweep_trainable, data=splits, context=ctx),
                                     {"cpu": options["cpus_per_trial"], "gpu": options["gpus_per_trial"]})
     total = len(options["archs"]) * len(space.methods) * (1 if space.grid else options["trials"]) * options["seeds"]
-    callbacks = [EndWriter(ctx), LiveTable(total=total)]
+    callbacks = [MissingCheckpoints(), EndWriter(ctx), LiveTable(total=total)]
     if resume:
-        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(experiment, trainable, **RESUME)
     else:
         studies = [StudySpec(f"{arch}-{m}", {**base, "arch": arch, "method": m},
                              functools.partial(sp.suggest, space=space, method=m),

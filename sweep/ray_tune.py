@@ -27,7 +27,7 @@ from trainables.config import TrialConfig
 from results.storage import read_bytes, write_bytes
 
 from .outcome import trial_status
-from .searcher import META_KEYS
+from .searcher import META_KEYS, trial_row
 
 log = logging.getLogger(__name__)
 
@@ -222,17 +222,8 @@ def sweep_trainable(config: dict, data: Any = None, context: TrialContext | None
 
 def finished_row(experiment: str, flat: dict, trial_id: str) -> dict | None:
     """This trial's trials-table row when it already ended ok or diverged, else None."""
-    import pyarrow.parquet as pq
-
-    fs, path = schema.trial_file(experiment, "trials", arch=flat.get("arch"), method=flat.get("method"),
-                                 trial_id=trial_id)
-    try:
-        rows = pq.read_table(path, filesystem=fs).to_pylist()
-    except (FileNotFoundError, OSError):
-        return None
-    if not rows or rows[0].get("status") not in ("ok", "diverged"):
-        return None
-    return rows[0]
+    row = trial_row(experiment, flat.get("arch"), flat.get("method"), trial_id)
+    return row if row is not None and row.get("status") in ("ok", "diverged") else None
 
 
 # -- callbacks -----------------------------------------------------------------------------------------
@@ -272,6 +263,59 @@ class EndWriter(tune.Callback):
             schema.write_trial_table(self.context.experiment, "epochs",
                                      [dict(r, trial_id=trial.trial_id) for r in epochs], **where)
         schema.write_trial_table(self.context.experiment, "trials", [row], **where)
+
+
+class MissingCheckpoints(tune.Callback):
+    """A trial whose checkpoint is gone restarts (from its newest surviving checkpoint, else from its start)
+    instead of failing.
+
+    How it happens: CheckpointConfig(num_to_keep) deletes a trial's older checkpoint as soon as it registers a
+    newer one, but Tune saves its experiment state only every so often; a driver killed in between leaves a
+    saved state whose trial points at a deleted checkpoint. Ray 2.60's ``Trainable.restore`` then raises
+    "Could not recover from checkpoint as it does not exist on storage anymore" on every attempt (the trial
+    FAILS after max_failures), and registering the trial's next checkpoint would raise FileNotFoundError
+    deleting the missing one. So before Tune restores a pending trial, its missing checkpoints are dropped
+    from its checkpoint bookkeeping (Ray's ``_CheckpointManager``: private, checked against the installed
+    Ray by tests/test_faults.py). Trials are deterministic (epoch-seeded), so a restart computes the same
+    rows; its epochs are simply trained again.
+    """
+
+    def __init__(self):
+        self._checked: set[tuple[str, str]] = set()  # (trial id, checkpoint path) seen to exist
+
+    def __getstate__(self) -> dict:
+        return {"_checked": set()}
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        for trial in trials:
+            if trial.status not in ("PENDING", "PAUSED"):  # only these are restored from a checkpoint
+                continue
+            latest = trial.latest_checkpoint_result
+            if latest is None or (trial.trial_id, latest.checkpoint.path) in self._checked:
+                continue
+            if _checkpoint_exists(latest.checkpoint):
+                self._checked.add((trial.trial_id, latest.checkpoint.path))
+                continue
+            drop_missing_checkpoints(trial)
+
+
+def _checkpoint_exists(checkpoint) -> bool:
+    import pyarrow.fs as pafs
+
+    return checkpoint.filesystem.get_file_info(checkpoint.path).type != pafs.FileType.NotFound
+
+
+def drop_missing_checkpoints(trial) -> None:
+    """Forget a trial's checkpoints that no longer exist; it restores from the newest one left, if any."""
+    manager = trial.run_metadata.checkpoint_manager
+    kept = [r for r in manager._checkpoint_results if _checkpoint_exists(r.checkpoint)]
+    gone = trial.latest_checkpoint_result.checkpoint.path
+    manager._checkpoint_results = kept
+    manager._latest_checkpoint_result = kept[-1] if kept else None
+    trial.run_metadata.invalidate_cache()
+    trial.invalidate_json_state()
+    log.warning("trial %s: its checkpoint %s no longer exists; it restarts from %s", trial.trial_id, gone,
+                kept[-1].checkpoint.path if kept else "its start (trials are deterministic)")
 
 
 def checkpoint_epochs(trial) -> list[dict]:

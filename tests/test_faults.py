@@ -30,3 +30,162 @@ def test_dense_store_without_waiting_returns_none_only_while_the_build_is_unfini
         fcntl.flock(builder, fcntl.LOCK_EX)
         assert store.get_or_build("k", lambda: pytest.fail("built while another builds"), wait=False) is None
     assert store.get_or_build("k", lambda: b"built", wait=False) == b"built"
+
+
+# -- the searcher answers seeds whose end it missed (item 2) ---------------------------------------------------
+def make_searcher(experiment, *, trials=2, seeds=1):
+    import functools
+
+    from sweep import spaces as sp
+    from sweep.searcher import MultiStudySearcher, StudySpec
+
+    space = sp.Space("t", "test", ("admm",), {"lr": sp.Dist("float", 1e-3, 1e-2, True)})
+    spec = StudySpec("mobilenet_v2-admm", {"arch": "mobilenet_v2", "method": "admm"},
+                     functools.partial(sp.suggest, space=space, method="admm"), ("final_val_acc",))
+    return MultiStudySearcher(str(experiment / "optuna.journal"), [spec], trials=trials, seeds=seeds)
+
+
+def study_of(experiment):
+    import optuna
+
+    from sweep.searcher import open_storage
+
+    return optuna.load_study(study_name="mobilenet_v2-admm", storage=open_storage(str(experiment / "optuna.journal")))
+
+
+def write_row(experiment, trial_id, **row):
+    from results import schema
+
+    schema.write_trial_table(str(experiment), "trials", [{"trial_id": trial_id, **row}], arch="mobilenet_v2",
+                             method="admm", trial_id=trial_id)
+
+
+def test_rows_written_before_optuna_was_told_answer_the_trial_on_resume(tmp_path):
+    """Killed after the trial wrote its rows, before Optuna was told: the resumed searcher tells it from them."""
+    from optuna.trial import TrialState
+
+    s1 = make_searcher(tmp_path, seeds=2)
+    s1.suggest("ray-a")
+    s1.suggest("ray-b")  # seed 1 of the same configuration
+    write_row(tmp_path, "ray-a", status="ok", final_val_acc=0.7)
+    write_row(tmp_path, "ray-b", status="ok", final_val_acc=0.5)  # ... the driver dies here
+    s2 = make_searcher(tmp_path, seeds=2)
+    assert s2.live == {} and s2.open_seeds == []
+    trial = study_of(tmp_path).trials[0]
+    assert trial.state == TrialState.COMPLETE and trial.value == pytest.approx(0.6)
+    s2.on_trial_complete("ray-a", {"status": "ok", "trial_done": True, "final_val_acc": 0.1})  # never twice
+    assert study_of(tmp_path).trials[0].value == pytest.approx(0.6)
+
+
+def test_rows_of_stopped_and_failed_seeds_answer_with_the_shared_rule(tmp_path):
+    from optuna.trial import TrialState
+
+    s1 = make_searcher(tmp_path, trials=2)
+    s1.suggest("ray-a")
+    write_row(tmp_path, "ray-a", status="stopped")
+    make_searcher(tmp_path, trials=2).suggest("ray-b")
+    write_row(tmp_path, "ray-b", status="failed", error="boom")
+    make_searcher(tmp_path, trials=2)
+    assert [t.state for t in study_of(tmp_path).trials] == [TrialState.PRUNED, TrialState.FAIL]
+
+
+# -- a trainable for real Tune runs: counts to 4, checkpointing every step, fails once where told ------------
+STEPS = 4
+
+
+def counting_trainable(config):
+    import json
+    import tempfile
+
+    from ray import tune
+
+    runs = config["runs_file"]
+    with open(runs, "a") as f:
+        f.write("run\n")
+    n = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            n = json.load(open(os.path.join(d, "n.json")))
+    while n < STEPS:
+        n += 1
+        if n == config.get("fail_at") and len(open(runs).read().split()) == 1:
+            raise RuntimeError("first run fails here")
+        metrics = {"n": n, "val_acc": n * config["lr"], "status": "ok", "trial_done": n == STEPS}
+        if n == STEPS:
+            tune.report({**metrics, "final_val_acc": n * config["lr"]})
+            return
+        with tempfile.TemporaryDirectory() as d:
+            json.dump(n, open(os.path.join(d, "n.json"), "w"))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def tuner(tmp_path, *, callbacks=(), searcher=None, config=None):
+    from ray import tune
+
+    return tune.Tuner(counting_trainable, param_space=config or {},
+                      tune_config=tune.TuneConfig(search_alg=searcher, num_samples=1),
+                      run_config=tune.RunConfig(storage_path=str(tmp_path), name="exp", verbose=0,
+                                                callbacks=list(callbacks),
+                                                failure_config=tune.FailureConfig(max_failures=0),
+                                                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+
+
+@pytest.mark.slow
+def test_a_trial_whose_checkpoint_is_gone_restarts_and_ends_as_a_clean_run(tmp_path, ray_session):
+    """Tune's saved state points at a checkpoint that is gone (rotated away by num_to_keep before the driver
+    died): on resume the trial restarts instead of failing, and ends exactly as a clean run."""
+    import shutil
+
+    from ray import tune
+
+    from sweep.ray_tune import MissingCheckpoints
+
+    config = {"lr": 0.1, "fail_at": 3, "runs_file": str(tmp_path / "runs.txt")}
+    first = tuner(tmp_path, callbacks=[MissingCheckpoints()], config=config).fit()[0]
+    assert first.error is not None and first.checkpoint is not None  # the trial stopped mid-way, checkpointed
+    shutil.rmtree(first.checkpoint.path)  # what num_to_keep did before the kill
+    again = tune.Tuner.restore(str(tmp_path / "exp"), counting_trainable, resume_errored=True).fit()[0]
+    assert again.error is None, again.error
+    assert again.metrics["n"] == STEPS and again.metrics["final_val_acc"] == pytest.approx(STEPS * 0.1)
+    assert again.metrics["training_iteration"] == STEPS  # restarted from its start: Tune's count is right too
+    clean = tuner(tmp_path / "clean", config={**config, "fail_at": None,
+                                              "runs_file": str(tmp_path / "clean.txt")}).fit()[0]
+    assert {k: again.metrics[k] for k in ("n", "val_acc", "final_val_acc")} == \
+        {k: clean.metrics[k] for k in ("n", "val_acc", "final_val_acc")}
+
+
+# -- errored seeds are not re-run on resume: Tune, Optuna (and the tables) keep one truth (item 3) -----------
+@pytest.mark.slow
+def test_a_failed_seed_stays_failed_after_resume_in_tune_and_optuna(tmp_path, ray_session):
+    from optuna.trial import TrialState
+    from ray import tune
+
+    from sweep.driver import RESUME
+
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    searcher = make_searcher(experiment, trials=1)
+    runs = tmp_path / "runs.txt"
+    first = tuner(tmp_path, searcher=searcher, config={"fail_at": 3, "runs_file": str(runs)}).fit()[0]
+    assert first.error is not None and study_of(experiment).trials[0].state == TrialState.FAIL
+    # the driver is killed here (Tune's state and Optuna both say failed), then resumed the way the sweep does
+    again = tune.Tuner.restore(str(experiment), counting_trainable, **RESUME).fit()[0]
+    assert runs.read_text().split() == ["run"]  # not re-run: a re-run would now succeed
+    assert again.error is not None and study_of(experiment).trials[0].state == TrialState.FAIL
+
+
+@pytest.mark.slow
+def test_a_seed_tune_saved_as_errored_but_optuna_never_heard_of_is_told_on_resume(tmp_path, ray_session):
+    """Tune saved the trial ERROR, the driver died before the searcher recorded it: told FAIL on restore."""
+    from optuna.trial import TrialState
+
+    experiment = tmp_path / "exp"
+    first = tuner(tmp_path, config={"fail_at": 2, "runs_file": str(tmp_path / "runs.txt"), "lr": 0.1}).fit()[0]
+    assert first.error is not None
+    s1 = make_searcher(experiment, trials=1)
+    s1.suggest(first.metrics["trial_id"])  # handed to that Ray trial, its end never recorded
+    s2 = make_searcher(experiment, trials=1)
+    assert first.metrics["trial_id"] in s2.live  # from the storage alone it looks running forever
+    s2.restore(str(experiment / "searcher-state.pkl"))
+    assert s2.live == {} and study_of(experiment).trials[0].state == TrialState.FAIL
