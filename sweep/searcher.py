@@ -145,34 +145,6 @@ class MultiStudySearcher(Searcher):
             status, last = trials[ray_id]
             log.info("trial %s ended (%s) before Optuna was told: telling it from Tune's state", ray_id, status)
             self._record(ray_id, last, status == "ERROR")
-        self.answer_from_rows()
-
-    def answer_from_rows(self) -> None:
-        """Live seeds whose Ray trial already wrote its trials row are told from that row.
-
-        The driver can die after a trial's Parquet rows are written and before Optuna is told; on resume Tune
-        may never report that trial again (it saved it finished, or the trainable reports its stored end):
-        the row is the trial's outcome, read through the same rule as a live end (``classify``).
-        """
-        from results.storage import parent
-
-        experiment = parent(self.storage_path)
-        for ray_id, (name, _number, _seed) in list(self.live.items()):
-            fixed = self.specs[name].fixed
-            row = trial_row(experiment, fixed.get("arch"), fixed.get("method"), ray_id)
-            if row is not None:
-                log.info("trial %s ended (%s) before Optuna was told: telling it from its row", ray_id,
-                         row.get("status"))
-                self._record(ray_id, {**row, "trial_done": row.get("status") in ("ok", "diverged")},
-                             row.get("status") == "failed")
-
-    def answer_from_tune(self, trials: dict[str, tuple[str, dict]]) -> None:
-        """Live seeds that Tune saved finished (``trials``: id -> (status, last result)) without a row: Tune
-        restores them finished and never reports them again, so they are told from Tune's saved end."""
-        for ray_id in [r for r in self.live if trials.get(r, ("",))[0] in ("ERROR", "TERMINATED")]:
-            status, last = trials[ray_id]
-            log.info("trial %s ended (%s) before Optuna was told: telling it from Tune's state", ray_id, status)
-            self._record(ray_id, last, status == "ERROR")
 
     def save(self, checkpoint_path: str) -> None:
         # Nothing to save: the storage holds everything; a marker keeps Tune's restore path happy.
@@ -243,9 +215,6 @@ class MultiStudySearcher(Searcher):
 
         Unknown ids (e.g. from before a restore, already told) are ignored.
         """
-        self._record(trial_id, result, error)
-
-    def _record(self, trial_id: str, result: dict | None, error: bool) -> None:
         self._record(trial_id, result, error)
 
     def _record(self, trial_id: str, result: dict | None, error: bool) -> None:
@@ -369,41 +338,8 @@ def tune_trials(experiment: str) -> dict[str, tuple[str, dict]] | None:
     return out
 
 
-def trial_row(experiment: str, arch: str | None, method: str | None, trial_id: str) -> dict | None:
-    """One Ray trial's trials-table row in ``experiment`` (any status), or None when it has none."""
-    import pyarrow.parquet as pq
-
-    from results import schema
-
-    fs, path = schema.trial_file(experiment, "trials", arch=str(arch), method=str(method), trial_id=trial_id)
-    try:
-        rows = pq.read_table(path, filesystem=fs).to_pylist()
-    except (FileNotFoundError, OSError):
-        return None
-    return rows[0] if rows else None
-
-
-def tune_trials(experiment: str) -> dict[str, tuple[str, dict]] | None:
-    """Tune's newest saved experiment state in ``experiment``: trial id -> (status, last result); None when
-    there is none."""
-    state = _tune_state(experiment)
-    if state is None:
-        return None
-    out = {}
-    for trial, metadata in state["trial_data"]:
-        t, m = json.loads(trial), json.loads(metadata)
-        last = m.get("last_result")
-        out[t["trial_id"]] = (t.get("status", ""), last if isinstance(last, dict) else {})
-    return out
-
-
 def tune_trial_ids(experiment: str) -> set[str] | None:
     """Trial ids in Tune's newest experiment state file in ``experiment`` (None when there is none)."""
-    trials = tune_trials(experiment)
-    return None if trials is None else set(trials)
-
-
-def _tune_state(experiment: str) -> dict | None:
     trials = tune_trials(experiment)
     return None if trials is None else set(trials)
 
