@@ -16,6 +16,7 @@ from typing import Callable, Union
 
 import pandas as pd
 
+from . import significance as SIG
 from . import summary as S
 from . import tables as T
 
@@ -203,9 +204,17 @@ def _verdict_text(row: dict) -> str:
         return f"no clear winner ({leader} ahead)"
     if verdict == "one seed":
         return f"{leader} ahead (one seed)"
+    if verdict == "too few seeds":
+        return f"{leader} ahead (needs {int(row['seeds_needed'])} seeds to decide)"
     if verdict == "one method":
         return f"only {row['methods'].replace(',', ', ')} ran"
+    if verdict == "none complete":
+        return "no complete configuration"
     return verdict
+
+
+SIGN_FLIP_P = "p (exact sign-flip)"  # the p-value a verdict rests on (analysis.significance)
+T_INTERVAL = "95% t-interval (pp)"
 
 
 def show_summary(summary: pd.DataFrame) -> Display:
@@ -223,7 +232,8 @@ def show_summary(summary: pd.DataFrame) -> Display:
         ("Dense control (test %)", lambda r: mean_std(r["control_test_acc_mean"], r["control_test_acc_std"],
                                                       T.CONTROL_MISSING)),
         (f"{first} {MINUS} {second} (pp)", lambda r: points(r["mean_diff"], no_diff)),
-        ("95% interval (pp)", lambda r: interval(r["ci95_lo"], r["ci95_hi"], "fewer than 2 paired seeds: no interval")),
+        (T_INTERVAL, lambda r: interval(r["ci95_lo"], r["ci95_hi"], "fewer than 2 paired seeds: no interval")),
+        (SIGN_FLIP_P, lambda r: p_value(r["p_value"], "fewer than 2 paired seeds: no test")),
         ("Paired seeds", lambda r: count(r["n_pairs"])), ("Verdict", _verdict_text)]
     return render(summary, spec)
 
@@ -306,9 +316,10 @@ def show_paired(paired: pd.DataFrame) -> Display:
         (f"Achieved, {first}", lambda r: sparsity(r[f"achieved_sparsity_{first}"])),
         (f"Achieved, {second}", lambda r: sparsity(r[f"achieved_sparsity_{second}"])),
         (f"{first} {MINUS} {second} (pp)", lambda r: points(r["mean_diff"])),
-        ("95% interval (pp)", lambda r: interval(r["ci95_lo"], r["ci95_hi"], no_ci)),
-        ("p (paired t)", lambda r: p_value(r["p_value"], r["note"] or no_ci)),
-        ("Seeds", lambda r: f"{int(r['n_pairs'])} ({r['seeds']})" if r["n_pairs"] else "0")]
+        (T_INTERVAL, lambda r: interval(r["ci95_lo"], r["ci95_hi"], no_ci)),
+        (SIGN_FLIP_P, lambda r: p_value(r["p_value"], r["note"] or no_ci)),
+        ("Seeds", lambda r: (f"{int(r['n_pairs'])} ({r['seeds']})" if r["n_pairs"] else "0")
+         + (f"; lost: {r['pairs_lost']}" if r.get("pairs_lost") else ""))]
     return render(paired, spec)
 
 
@@ -328,6 +339,21 @@ def show_not_ok(rows: pd.DataFrame, labels: dict[str, str]) -> Display:
              else Missing("the trial stopped before its sparsity set was built")),
             ("Hyperparameters", lambda r: labels.get(r["config"], "")), ("Error", lambda r: r["error"] or "")]
     return render(rows, spec, text_columns=("Hyperparameters", "Error"))
+
+
+def show_not_chosen(states: pd.DataFrame, labels: dict[str, str]) -> Display:
+    """The configurations the shared rule (results.selection) keeps from being chosen, and why."""
+    spec = [("Architecture", lambda r: r["arch"]), ("Method", lambda r: r["method"]),
+            ("State", lambda r: r["state"]),
+            ("Sparsity", lambda r: _level(r) if not _missing(r["sparsity_level"])
+             else Missing("no seed got as far as building its sparsity set")),
+            ("Seeds ok", lambda r: f"{int(r['seeds_ok'])} of {int(r['seeds_expected'])}"),
+            ("Seed statuses", lambda r: r["seed_statuses"]),
+            ("Val % (ok seeds)", lambda r: percent(r["final_val_acc_mean"], "no seed finished ok")),
+            ("Device", lambda r: f"{r['device_type']} {r['precision']}" if not _missing(r["device_type"])
+             else Missing("no device recorded")),
+            ("Hyperparameters", lambda r: labels.get(r["config"], ""))]
+    return render(states, spec, text_columns=("Seed statuses", "Hyperparameters"))
 
 
 # --- the answer in words -----------------------------------------------------------------------------------------
@@ -370,16 +396,24 @@ def _answer(row: dict) -> Answer:
     if verdict == "no pairs":
         return Answer(f"{where}: no paired seeds.", "The methods ran on different seeds.", caution)
     diff = f"{abs(100 * row['mean_diff']):.1f} pp"
-    ci = f"{signed(100 * row['ci95_lo'])} to {signed(100 * row['ci95_hi'])} pp" if verdict in ("wins", "unresolved") \
-        else ""
+    ci = f"{signed(100 * row['ci95_lo'])} to {signed(100 * row['ci95_hi'])} pp" \
+        if verdict in ("wins", "unresolved", "too few seeds") else ""
     n = int(row["n_pairs"])
+    test = f"{row.get('test') or SIG.EXACT}: p = {p_value(row['p_value'], '')}"
     if verdict == "wins":
         return Answer(f"{where}: {leader} wins by {diff}",
-                      f"(paired 95% interval {ci} over {n} seeds; {_accuracies(row)}).", caution)
+                      f"({test} over {n} seeds; paired 95% t-interval {ci}; {_accuracies(row)}).", caution)
     if verdict == "unresolved":
         return Answer(f"{where}: no clear winner.",
-                      f"{leader} is ahead by {diff}, but the paired 95% interval ({ci}, {n} seeds) includes 0 "
-                      f"({_accuracies(row)}).", caution)
+                      f"{leader} is ahead by {diff}, but not significantly ({test} over {n} seeds, above "
+                      f"{SIG.ALPHA}; paired 95% t-interval {ci}; {_accuracies(row)}).", caution)
+    if verdict == "too few seeds":
+        return Answer(f"{where}: {leader} ahead by {diff} on {n} seeds, no verdict: needs at least "
+                      f"{int(row['seeds_needed'])} paired seeds to decide.",
+                      f"({test}; paired 95% t-interval {ci}; {_accuracies(row)}).", caution)
+    if verdict == "none complete":
+        return Answer(f"{where}: no configuration completed every seed.", "Nothing is chosen at this level.",
+                      caution)
     if verdict == "one seed":
         return Answer(f"{where}: {leader} ahead by {diff} on one seed",
                       f"(no interval; {_accuracies(row)}).", caution)

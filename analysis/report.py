@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from results.selection import RULE
+
 from . import plots as P
 from . import present as D
+from . import significance as SIG
 from . import summary as S
 from . import tables as T
 from .importance import MIN_IMPORTANCE_TRIALS, Importances
@@ -27,6 +30,13 @@ CONTROL_TEXT = ("The dense control is the shared dense checkpoint trained as man
                 "got (sparsify + fine-tune) with the dense recipe: the same total budget. The dense start is the "
                 "dense model at the end of the dense phase, the common starting point of both methods, not a "
                 "fair reference.")
+CHOICE_TEXT = ("Only a configuration whose every seed finished ok can be chosen (see Configurations not "
+               "chosen).")
+TEST_TEXT = (f"The size of a difference is its mean with a {SIG.INTERVAL}; the verdict comes from an "
+             f"{SIG.EXACT} over the paired differences (all 2^n sign flips; beyond {SIG.EXACT_MAX} pairs "
+             f"{SIG.MC_DRAWS:,} random flips with seed {SIG.MC_SEED}): a method wins only where p <= {SIG.ALPHA}. With "
+             f"n pairs the smallest p is 2^-(n-1), so a decision needs at least {SIG.seeds_needed()} paired seeds; "
+             "a zero-width interval (equal differences) is no evidence.")
 ACCURACY_TEXT = ("Accuracy in percent, mean ± sample standard deviation over seeds, rounded to one decimal; "
                  "pp = percentage points.")
 TITLES = {
@@ -38,30 +48,36 @@ TITLES = {
     "paired": "Paired differences",
     "accounting": "Sweep accounting",
     "not_ok": "Trials not scored",
+    "not_chosen": "Configurations not chosen",
 }
 TABLE_CAPTIONS = {
     "summary": "Per architecture and sparsity: final TEST accuracy of each method's configuration chosen on "
-               "VALIDATION, over the seeds both methods ran; the difference is paired by seed, with its 95% "
-               "t-interval; a method wins only where that interval excludes 0. " + ACCURACY_TEXT,
+               "VALIDATION, over the seeds both chosen configurations completed (pairs lost are said); the "
+               "difference is paired by seed. " + TEST_TEXT + " " + CHOICE_TEXT + " " + ACCURACY_TEXT,
     "comparison": "At sparsity {s}: each method's configuration chosen on VALIDATION (best mean final val "
-                  "accuracy over seeds, column Val), every other accuracy on TEST. Post-prune = right after the "
+                  "accuracy over all its seeds, column Val, among the configurations whose every seed finished "
+                  "ok), every other accuracy on TEST. Post-prune = right after the "
                   "hard projection, BatchNorm statistics re-estimated on training data; stale BN = the same "
                   "weights with the old statistics. Epochs = total budget (dense + sparsify + fine-tune). "
                   + ACCURACY_TEXT + " " + CONTROL_TEXT + " " + LEVEL_TEXT,
     "best_hyperparameters": "Each method's configuration chosen at sparsity {s} on VALIDATION (mean final val "
-                            "accuracy over seeds), with the hyperparameters that vary in the sweep (trial ids in "
-                            "the CSV).",
+                            "accuracy over all its seeds, every one finished ok), with the hyperparameters that "
+                            "vary in the sweep (trial ids in the CSV).",
     "fixed_hyperparameters": "Hyperparameters with one value in every finished trial.",
-    "pareto": "Non-dominated configurations per architecture and method (mean over seeds), chosen on VALIDATION "
+    "pareto": "Non-dominated complete configurations per architecture and method (mean over all seeds), chosen on "
+              "VALIDATION "
               "accuracy against achieved sparsity, test accuracy beside; the dense control first. MACs = "
               "multiply-accumulates per image counting nonzero weights. " + CONTROL_TEXT,
-    "paired": "Final TEST accuracy difference at each sparsity, paired by seed, each method's configuration at that "
-              "level chosen on validation; 95% t-interval and paired t-test p-value. " + LEVEL_TEXT,
+    "paired": "Final TEST accuracy difference at each sparsity, paired by seed over the seeds both chosen "
+              "configurations completed (seeds only one completed are listed as lost), each method's "
+              "configuration at that level chosen on validation. " + TEST_TEXT + " " + LEVEL_TEXT,
     "accounting": "Per architecture and method: trial rows, distinct configurations tried, how each ended (ok; "
                   "diverged: NaN/inf loss; failed: an exception; stopped: ended early by the scheduler; other), "
                   "and compute time (sum of trial wall times).",
     "not_ok": "Trials that did not finish ok, with the hyperparameters that vary in the sweep; they are counted, "
               "never scored.",
+    "not_chosen": RULE + " Listed: every configuration that is not complete, with each seed's status and its "
+                  "mean val accuracy over the seeds that finished ok (shown, never used to choose).",
 }
 FIGURE_TITLES = {
     "sparsity": "Accuracy against sparsity", "macs": "Accuracy against compute", "layers": "Sparsity per layer",
@@ -97,7 +113,7 @@ FIGURE_CAPTIONS = {
                   "least {n} complete trials.",
 }
 SECTION_ORDER = ("summary", "comparison", "sparsity", "macs", "layers", "curves", "admm", "weights", "importance",
-                 "best_hyperparameters", "pareto", "paired", "accounting", "not_ok")
+                 "best_hyperparameters", "pareto", "paired", "accounting", "not_ok", "not_chosen")
 
 
 @dataclass
@@ -130,6 +146,7 @@ def _tables(trials: pd.DataFrame, sparsity: float, search: S.Search) -> dict[str
         "paired": T.paired_comparison(trials, S.FIRST, S.SECOND),
         "accounting": T.accounting(trials),
         "not_ok": T.diverged_trials(trials),
+        "not_chosen": T.configs_not_chosen(trials),
     }
 
 
@@ -145,6 +162,7 @@ def _displays(raw: dict[str, pd.DataFrame], trials: pd.DataFrame) -> dict[str, D
         "paired": D.show_paired(raw["paired"]),
         "accounting": D.show_accounting(raw["accounting"]),
         "not_ok": D.show_not_ok(raw["not_ok"], labels),
+        "not_chosen": D.show_not_chosen(raw["not_chosen"], labels),
     }
 
 

@@ -2,6 +2,10 @@
 much (final TEST accuracy, paired by seed), with the 95% interval, the number of seeds, and a one-line
 caution where the evidence is thin. Pure: DataFrames in, DataFrame out (words in the ``caution`` column).
 
+Configurations are chosen by the shared rule (``results.selection``, DESIGN rule 15: complete ones only), and
+a verdict comes from the exact sign-flip test (``analysis.significance``, DESIGN rule 16), never from a
+t-interval that may have zero width: "wins" needs p <= ALPHA, which needs at least 6 pairs.
+
 The two methods compared are the first two of the registry (``trainables.config.METHODS``), first minus
 second, as in :func:`analysis.tables.paired_comparison`.
 """
@@ -16,6 +20,7 @@ import pandas as pd
 
 from trainables.config import METHODS
 
+from . import significance as SIG
 from . import tables as T
 
 FIRST, SECOND = METHODS[0], METHODS[1]
@@ -56,9 +61,13 @@ def search_info(options: list[dict]) -> Search:
     return Search(samplers[i], startups[i], grid=all(bool(o.get("grid")) for o in known), known=True)
 
 
+VERDICTS = ("wins", "unresolved", "too few seeds", "one seed", "tie", "no pairs", "one method", "none complete")
+
+
 def _verdict(row: dict) -> tuple[str, str]:
-    """(leading method or "", verdict): wins (the 95% interval excludes 0), unresolved (it includes 0),
-    one seed (no interval), tie (equal means)."""
+    """(leading method or "", verdict) from the exact sign-flip test (row ``p_value``): wins (p <= ALPHA),
+    unresolved (p > ALPHA), too few seeds (fewer pairs than SIG.seeds_needed(): no p-value they can give
+    reaches ALPHA, whatever the differences), one seed, tie (equal means). Never from the t-interval."""
     diff = row["mean_diff"]
     if row["n_pairs"] == 0 or math.isnan(diff):
         return "", "no pairs"
@@ -67,18 +76,31 @@ def _verdict(row: dict) -> tuple[str, str]:
     leader = FIRST if diff > 0 else SECOND
     if row["n_pairs"] < 2:
         return leader, "one seed"
-    excludes = row["ci95_lo"] > 0 or row["ci95_hi"] < 0
-    return leader, "wins" if excludes else "unresolved"
+    if row["n_pairs"] < SIG.seeds_needed():
+        return leader, "too few seeds"
+    return leader, "wins" if row["p_value"] <= SIG.ALPHA else "unresolved"
 
 
 def _seed_caution(n_pairs: int) -> str:
     if n_pairs == 0:
         return "no seed ran both methods, so nothing is paired"
+    needed = SIG.seeds_needed()
+    decide = ""
+    if n_pairs < needed:
+        decide = (f"needs at least {needed} paired seeds to decide (with {n_pairs} the exact sign-flip test's "
+                  f"smallest p-value is {SIG.min_p_value(n_pairs):.3g} > {SIG.ALPHA})")
     if n_pairs == 1:
-        return "one seed: no interval, and the difference may be seed noise"
+        return "one seed: no interval, and the difference may be seed noise" + CAUTION_SEPARATOR + decide
     if n_pairs == 2:
-        return "two seeds: the interval rests on one degree of freedom"
-    return ""
+        return "two seeds: the interval rests on one degree of freedom" + CAUTION_SEPARATOR + decide
+    return decide
+
+
+def _pairs_caution(row: dict) -> str:
+    """Words when the chosen configurations did not complete the same seeds (merged experiments)."""
+    lost = row.get("pairs_lost") or ""
+    return (f"pairs lost: seed{'s' if ',' in lost else ''} {lost}: the chosen configurations did not complete "
+            "the same seeds") if lost else ""
 
 
 def _search_caution(configs: dict[str, int], search: Search) -> str:
@@ -152,22 +174,28 @@ def _control(trials: pd.DataFrame, row: dict, table: pd.DataFrame) -> tuple[floa
 SUMMARY_COLUMNS = [
     "arch", "sparsity_level", f"achieved_sparsity_{FIRST}", f"achieved_sparsity_{SECOND}",
     *(f"final_test_acc_{m}_{k}" for m in (FIRST, SECOND) for k in ("mean", "std")),
-    "control_test_acc_mean", "control_test_acc_std", "mean_diff", "ci95_lo", "ci95_hi", "p_value", "n_pairs",
-    "seeds", "leader", "verdict", f"configurations_{FIRST}", f"configurations_{SECOND}", "methods", "caution"]
+    "control_test_acc_mean", "control_test_acc_std", "mean_diff", "ci95_lo", "ci95_hi", "p_value", "test",
+    "t_p_value", "seeds_needed", "n_pairs", "seeds", "pairs_lost", "leader", "verdict", f"configurations_{FIRST}", f"configurations_{SECOND}", "methods", "caution"]
 
 
 def _unpaired_rows(trials: pd.DataFrame, paired: pd.DataFrame) -> list[dict]:
-    """A row for each (arch, level) where ok trials exist but not both methods: the method(s) that finished,
-    with their test accuracy and the dense control's, and no difference (nothing to compare)."""
-    ok = T.annotate(T.ok_trials(trials))
+    """A row for each (arch, level) where ok trials exist but not a complete configuration of both methods:
+    the method(s) with one (verdict "one method"; "none complete" when neither has), with their test accuracy
+    and the dense control's, and no difference (nothing to compare)."""
+    ok = T.annotate(trials)
+    ok = ok[ok["status"] == "ok"]
     have = set(zip(paired["arch"], paired["sparsity_level"]))
     rows = []
     for (arch, level), group in ok.groupby(["arch", "sparsity_level"], sort=True):
         if (arch, level) in have:
             continue
         table = T.comparison_table(trials[trials["arch"] == arch], level)
+        chosen = sorted(table.loc[table["row"] == "pruned", "method"].unique())
         row = {"arch": arch, "sparsity_level": level, "n_pairs": 0, "seeds": "", "leader": "",
-               "verdict": "one method", "methods": ",".join(sorted(group["method"].unique())), "caution": ""}
+               "verdict": "one method" if chosen else "none complete",
+               "methods": ",".join(chosen or sorted(group["method"].unique())),
+               "caution": "" if chosen else "no configuration completed every seed at this level (see "
+                                            "Configurations not chosen)"}
         for r in table.to_dict("records"):
             key = "control" if r["row"] == "control" else f"final_test_acc_{r['method']}"
             if key == "control" and (table["row"] == "control").sum() != 1:
@@ -196,8 +224,8 @@ def summary_table(trials: pd.DataFrame, search: Search = Search()) -> pd.DataFra
         leader, verdict = _verdict(row)
         table = T.comparison_table(trials[trials["arch"] == row["arch"]], row["sparsity_level"])
         mean, std = _control(trials, row, table)
-        cautions = [_seed_caution(row["n_pairs"]), _search_caution(configs, search), _not_ok_caution(mine),
-                    _admm_caution(trials, row, table)]
+        cautions = [_seed_caution(row["n_pairs"]), _pairs_caution(row), _search_caution(configs, search),
+                    _not_ok_caution(mine), _admm_caution(trials, row, table)]
         rows.append({**row, "control_test_acc_mean": mean, "control_test_acc_std": std, "leader": leader,
                      "verdict": verdict, **{f"configurations_{m}": configs.get(m, 0) for m in (FIRST, SECOND)},
                      "methods": f"{FIRST},{SECOND}", "caution": CAUTION_SEPARATOR.join(c for c in cautions if c)})

@@ -7,8 +7,9 @@ silently): they are counted in ``accounting`` and listed by ``diverged_trials`` 
 
 Three identities are defined once here and used by every table and figure:
 
-- :func:`config_key`: two rows are seeds of one configuration only if ``arch``, ``method`` and EVERY
-  hyperparameter column of the results schema (``schema.HYPERPARAMETERS``, generated from TrialConfig) are
+- :func:`config_key`: two rows are seeds of one configuration only if ``arch``, ``method``, EVERY
+  hyperparameter column of the results schema (``schema.HYPERPARAMETERS``, generated from TrialConfig) and
+  the device type and precision (``results.selection.IDENTITY_COLUMNS``, from the ``device`` column) are
   equal, NaN-safe.
 - :func:`comparison_level`: the sparsity a trial is compared at (DESIGN rule 13): its nominal ``sparsity``
   when the set's exact ``target_sparsity`` is within ``LEVEL_TOL`` of it, else the exact target rounded to 3
@@ -29,13 +30,19 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from results import schema
+from results import schema, selection
 from trainables.config import dense_fields
+
+from . import significance as SIG
 
 GROUP = ("arch", "method")
 # The columns that identify one configuration: generated from TrialConfig through the schema, never by hand.
 HYPERPARAMETERS = tuple(schema.HYPERPARAMETERS)
-CONFIG_COLUMNS = (*GROUP, *HYPERPARAMETERS)
+IDENTITY = selection.IDENTITY_COLUMNS  # device type and precision: part of a configuration (DESIGN rule 15)
+CONFIG_COLUMNS = (*GROUP, *HYPERPARAMETERS, *IDENTITY)
+# Optional trials column: the sweep's --seeds for the row's experiment (sweep.json), added by the report;
+# without it a configuration's seeds are those its rows ran (results.selection.config_state)
+SWEEP_SEEDS = "sweep_seeds"
 # The recipe of the dense control, without the seed: the dense recipe plus the epochs trained beyond it.
 CONTROL_COLUMNS = ("arch", *(c for c in dense_fields() if c in HYPERPARAMETERS), "sparsify_epochs",
                    "finetune_epochs")
@@ -80,9 +87,46 @@ def _key(trials: pd.DataFrame, columns: tuple[str, ...]) -> pd.Series:
     return text.map(lambda s: hashlib.sha256(s.encode()).hexdigest()[:12])
 
 
+def _experiment(trials: pd.DataFrame) -> pd.Series:
+    """Each row's experiment (the folder it was read from, else the sweep's name), "" when unknown."""
+    cols = trials.reindex(columns=["experiment_dir", "experiment"])
+    return cols["experiment_dir"].fillna(cols["experiment"]).fillna("").astype(str)
+
+
+def with_sweep_seeds(trials: pd.DataFrame, seeds: dict[str, int | None]) -> pd.DataFrame:
+    """``trials`` with SWEEP_SEEDS: the --seeds of each row's experiment (``seeds``: experiment folder as in
+    ``experiment_dir`` -> sweep.json's "seeds", None when unknown), so a configuration whose seeds have not
+    all written a row yet (still running, never started) is incomplete, not complete with fewer seeds."""
+    known = {k: int(v) for k, v in seeds.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0}
+    column = trials.reindex(columns=["experiment_dir"])["experiment_dir"].map(known)
+    return trials.assign(**{SWEEP_SEEDS: pd.to_numeric(column, errors="coerce")})
+
+
+def _fill_by(kind: pd.Series, groups: pd.Series) -> pd.Series:
+    """Unknown entries of ``kind`` take the one known value of their group (left unknown if it has several)."""
+    known = pd.DataFrame({"g": groups, "k": kind}).dropna(subset=["k"]).groupby("g")["k"]
+    single = known.agg(lambda s: s.iloc[0] if s.nunique() == 1 else None)
+    return kind.fillna(groups.map(single))
+
+
+def with_identity(trials: pd.DataFrame) -> pd.DataFrame:
+    """``trials`` with ``device_type`` and ``precision`` (kept when present). Rows that recorded no device
+    (failed or stopped trials, whose rows the sweep writes for them) take the device type of the other rows
+    of their configuration in their experiment, else of their experiment, where that is one type."""
+    if all(c in trials for c in IDENTITY) or trials.empty:
+        return trials.reindex(columns=[*trials.columns, *(c for c in IDENTITY if c not in trials)])
+    kind = trials.reindex(columns=["device"])["device"].map(selection.device_type).astype(object)
+    if kind.isna().any():
+        exp = _experiment(trials)
+        kind = _fill_by(kind, exp + "\x1f" + _key(trials, (*GROUP, *HYPERPARAMETERS)))
+        kind = _fill_by(kind, exp)
+    return trials.assign(device_type=kind, precision=kind.map(selection.device_precision).astype(object))
+
+
 def config_key(trials: pd.DataFrame) -> pd.Series:
-    """Each row's configuration id: equal exactly when arch, method and every hyperparameter are equal."""
-    return _key(trials, CONFIG_COLUMNS)
+    """Each row's configuration id: equal exactly when arch, method, every hyperparameter, the device type
+    and the precision are equal."""
+    return _key(with_identity(trials), CONFIG_COLUMNS)
 
 
 def control_group(trials: pd.DataFrame) -> pd.Series:
@@ -100,7 +144,8 @@ def comparison_level(trials: pd.DataFrame) -> pd.Series:
 
 
 def annotate(trials: pd.DataFrame) -> pd.DataFrame:
-    """``trials`` with its ``config`` id and ``sparsity_level`` columns."""
+    """``trials`` with its device type, precision, ``config`` id and ``sparsity_level`` columns."""
+    trials = with_identity(trials)
     return trials.assign(config=config_key(trials), sparsity_level=comparison_level(trials))
 
 
@@ -115,14 +160,16 @@ def at_sparsity(trials: pd.DataFrame, sparsity: float) -> pd.DataFrame:
 
 
 def varying_hyperparameters(trials: pd.DataFrame) -> list[str]:
-    """The hyperparameter columns whose value (null included) is not the same in every row."""
-    cols = [c for c in HYPERPARAMETERS if c in trials]
+    """The hyperparameter columns (and device type and precision, where the frame has them) whose value (null
+    included) is not the same in every row."""
+    cols = [c for c in (*HYPERPARAMETERS, *IDENTITY) if c in trials]
     return [c for c in cols if _canon_column(trials[c]).nunique() > 1]
 
 
 def config_settings(trials: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration (``config`` id, arch, method) with the hyperparameters that vary over
     ``trials`` (:func:`varying_hyperparameters`): what a reader needs to tell configurations apart."""
+    trials = with_identity(trials)
     varying = varying_hyperparameters(trials)
     cols = [*GROUP, "config", *varying]
     if trials.empty:
@@ -167,32 +214,104 @@ def with_control(trials: pd.DataFrame) -> pd.DataFrame:
     return trials.assign(**{c: found[c].to_numpy(float) for c in acc})
 
 
+STATE_COLUMNS = [*GROUP, "config", "sparsity_level", "state", "seeds_ok", "seeds_expected", "seed_statuses",
+                 "final_val_acc_mean", "trial_ids"]
+
+
+def _seed_statuses(group: pd.DataFrame, expected: set[int]) -> str:
+    """``0 ok, 1 diverged, 2 not run``: each expected or seen seed and its rows' statuses."""
+    by_seed = group.groupby("seed")["status"].agg(lambda s: "+".join(sorted(set(s.fillna("running")))))
+    return ", ".join(f"{seed} {by_seed.get(seed, 'not run')}" for seed in sorted(expected | set(by_seed.index)))
+
+
+def _expected_seeds(group: pd.DataFrame) -> set[int]:
+    """The seeds a configuration must have: those its rows ran, and the sweep's --seeds where known."""
+    seeds = {int(s) for s in group["seed"].dropna()}
+    for n in group.reindex(columns=[SWEEP_SEEDS])[SWEEP_SEEDS].dropna().unique():
+        seeds |= set(range(int(n)))
+    return seeds
+
+
+def config_states(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration over ALL its rows (every status, every experiment): its state under the
+    shared rule (``results.selection.config_state``: complete, diverged, stopped, incomplete), ok and
+    expected seed counts, each seed's status, its mean final val accuracy over the ok seeds, its
+    comparison level, device type and precision, and every hyperparameter."""
+    rows = annotate(trials)
+    cols = [*STATE_COLUMNS, *IDENTITY, *HYPERPARAMETERS]
+    if rows.empty:
+        return pd.DataFrame(columns=cols)
+    out = []
+    for _, group in rows.groupby([*GROUP, "config"], sort=True):
+        expected = _expected_seeds(group)
+        statuses = zip(group["seed"].fillna(-1).astype(int), group["status"].where(group["status"].notna(), None))
+        ok = group[group["status"] == "ok"]
+        out.append({**group.iloc[0].reindex([*GROUP, "config", *IDENTITY, *HYPERPARAMETERS]).to_dict(),
+                    "sparsity_level": group["sparsity_level"].dropna().iloc[0] if group["sparsity_level"].notna().any()
+                    else math.nan, "state": selection.config_state(statuses, expected),
+                    "seeds_ok": int(ok["seed"].nunique()), "seeds_expected": len(expected),
+                    "seed_statuses": _seed_statuses(group, expected),
+                    "final_val_acc_mean": float(ok["final_val_acc"].mean()) if len(ok) else math.nan,
+                    "trial_ids": ",".join(sorted(group["trial_id"].astype(str)))})
+    return pd.DataFrame(out, columns=cols)
+
+
+def configs_not_chosen(trials: pd.DataFrame) -> pd.DataFrame:
+    """Every configuration the shared rule keeps from being chosen (diverged, stopped, incomplete), with
+    each seed's status, its ok and expected seed counts and its mean val accuracy over the ok seeds."""
+    states = config_states(trials)
+    rows = states[~states["state"].map(selection.chosen_allowed).astype(bool)]
+    return rows.sort_values([*GROUP, "state", "config"]).reset_index(drop=True)
+
+
+def complete_configs(trials: pd.DataFrame) -> set[str]:
+    """The ids of the configurations that may be chosen (results.selection.chosen_allowed)."""
+    states = config_states(trials)
+    return set(states.loc[states["state"].map(selection.chosen_allowed).astype(bool), "config"])
+
+
 def config_summary(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per (arch, method, configuration) of ok trials: comparison level, mean achieved sparsity, mean
-    val/test final accuracy, n seeds, trial ids, and every hyperparameter."""
-    ok = annotate(ok_trials(trials))
+    """One row per (arch, method, configuration) with ok trials: comparison level, mean achieved sparsity, mean
+    val/test final accuracy over its ok seeds, n (ok) seeds, trial ids, its ``state`` under the shared rule
+    (:func:`config_states`; only ``complete`` ones can be chosen), seeds expected, every hyperparameter, the
+    device type and precision."""
+    rows = annotate(trials)
+    ok = rows[rows["status"] == "ok"]
     head = [*GROUP, "config", "sparsity_level", "achieved_sparsity_mean", "n_seeds", "final_val_acc_mean",
-            "final_test_acc_mean", "trial_ids"]
+            "final_test_acc_mean", "trial_ids", "state", "seeds_expected"]
     if ok.empty:
-        return pd.DataFrame(columns=[*head, *HYPERPARAMETERS])
+        return pd.DataFrame(columns=[*head, *HYPERPARAMETERS, *IDENTITY])
     grouped = ok.groupby([*GROUP, "config"], sort=True)
     out = grouped.agg(sparsity_level=("sparsity_level", "first"),
                       achieved_sparsity_mean=("achieved_sparsity", "mean"), n_seeds=("seed", "nunique"),
                       final_val_acc_mean=("final_val_acc", "mean"), final_test_acc_mean=("final_test_acc", "mean"),
                       trial_ids=("trial_id", lambda s: ",".join(sorted(s)))).reset_index()
-    firsts = ok.reindex(columns=[*GROUP, "config", *HYPERPARAMETERS]).groupby([*GROUP, "config"], sort=True)
-    return out.merge(firsts.nth(0), on=[*GROUP, "config"])[[*head, *HYPERPARAMETERS]]
+    states = config_states(rows)[["config", "state", "seeds_expected"]]
+    firsts = ok.reindex(columns=[*GROUP, "config", *HYPERPARAMETERS, *IDENTITY]).groupby([*GROUP, "config"], sort=True)
+    out = out.merge(states, on="config", how="left").merge(firsts.nth(0), on=[*GROUP, "config"])
+    return out[[*head, *HYPERPARAMETERS, *IDENTITY]]
 
 
 def best_configs(trials: pd.DataFrame, sparsity: float | None = None) -> pd.DataFrame:
     """The configuration with the best mean final_val_acc per (arch, method) [at comparison level
-    ``sparsity`` if given]. Ties are broken by the configuration id; test accuracy plays no part."""
-    pool = trials if sparsity is None else at_sparsity(trials, sparsity)
-    summary = config_summary(pool)
+    ``sparsity`` if given], among the COMPLETE ones only (results.selection: every seed finished ok, so the
+    mean is over all its seeds). Ties are broken by the configuration id; test accuracy plays no part.
+    ``trials``: every row, any status (the rule needs the diverged, stopped and failed ones too)."""
+    summary = config_summary(trials)
+    summary = summary[summary["state"].map(selection.chosen_allowed).astype(bool)] if len(summary) else summary
+    if sparsity is not None and len(summary):
+        summary = summary[(summary["sparsity_level"].astype(float) - sparsity).abs() <= SPARSITY_TOL]
     if summary.empty:
-        return summary
+        return summary.reset_index(drop=True)
     summary = summary.sort_values([*GROUP, "final_val_acc_mean", "config"], ascending=[True, True, False, True])
     return summary.groupby(list(GROUP), sort=True).head(1).reset_index(drop=True)
+
+
+def _ok_annotated(trials: pd.DataFrame) -> pd.DataFrame:
+    """The ok rows of ``trials``, annotated over every row (so a configuration's id never depends on which
+    of its rows are in the frame)."""
+    rows = annotate(trials)
+    return rows[rows["status"] == "ok"]
 
 
 def _selected(ok: pd.DataFrame, best_row) -> pd.DataFrame:
@@ -272,7 +391,7 @@ def comparison_table(trials: pd.DataFrame, sparsity: float = 0.5) -> pd.DataFram
     dense control (same total budget) as its final accuracy, NaN with a note where it is missing. Empty
     frame if nothing finished at that level."""
     best = best_configs(trials, sparsity)
-    ok = annotate(with_control(ok_trials(trials)))
+    ok = _ok_annotated(with_control(trials))
     rows, chosen = [], []
     for _, b in best.iterrows():
         sel = _selected(ok, b)
@@ -290,7 +409,7 @@ def best_hyperparameters(trials: pd.DataFrame, sparsity: float | None = None) ->
     """The best configuration per (arch, method), chosen on mean final_val_acc, with every hyperparameter
     that varies among the ok trials (the others are in :func:`fixed_hyperparameters`)."""
     best = best_configs(trials, sparsity)
-    varying = varying_hyperparameters(ok_trials(trials))
+    varying = varying_hyperparameters(ok_trials(with_identity(trials)))
     cols = [*GROUP, "sparsity_level", "achieved_sparsity_mean", *varying, "n_seeds", "final_val_acc_mean",
             "trial_ids"]
     return best[cols] if not best.empty else pd.DataFrame(columns=cols)
@@ -331,13 +450,15 @@ def _pareto_controls(ok: pd.DataFrame) -> list[dict]:
 
 
 def pareto_front(trials: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy-vs-sparsity Pareto front per (arch, method) over configurations (mean over seeds).
+    """Accuracy-vs-sparsity Pareto front per (arch, method) over the complete configurations (mean over all
+    their seeds; results.selection).
 
     Points are compared on validation accuracy and achieved sparsity; test accuracy sits beside, with the
     comparison level and exact target. Each (arch, control recipe) gets a ``dense`` ``control`` row: the dense
     control (same total budget, DESIGN rule 11), NaN with a note where it is missing; its dense start beside.
     """
-    ok = annotate(with_control(ok_trials(trials)))
+    ok = _ok_annotated(with_control(trials))
+    ok = ok[ok["config"].isin(complete_configs(trials))]  # the front is a choice too: complete configurations only
     if ok.empty:
         return pd.DataFrame(columns=PARETO_COLUMNS)
     ok = ok.assign(budget_epochs=ok.reindex(columns=["dense_epochs", "sparsify_epochs", "finetune_epochs"])
@@ -370,19 +491,30 @@ def _picked_seeds(ok: pd.DataFrame, best: pd.DataFrame, method: str) -> pd.DataF
     return sel.groupby("seed")[["final_test_acc", "achieved_sparsity"]].mean()
 
 
+def _pairs_lost(picked: dict[str, pd.DataFrame]) -> str:
+    """``2 (admm only), 5 (magnitude only)``: the seeds only one chosen configuration completed."""
+    (a, sa), (b, sb) = picked.items()
+    _, lost = selection.paired_seeds(sa.index, sb.index)
+    return ", ".join(f"{s} ({a if s in sa.index else b} only)" for s in lost)
+
+
+PAIRED_STATS = ["mean_diff", "ci95_lo", "ci95_hi", "p_value", "test", "t_p_value", "seeds_needed", "note"]
+
+
 def paired_comparison(trials: pd.DataFrame, first: str = "admm", second: str = "magnitude") -> pd.DataFrame:
     """``first`` minus ``second`` final TEST accuracy at each comparison level per arch, paired by seed.
 
-    Each method contributes its best configuration at that level (chosen on validation); trials at other
-    levels (N:M below its nominal sparsity) are never paired with it. Reports the level, each side's mean
-    achieved sparsity, n pairs, each side's final test accuracy (mean, std) over the paired seeds (so the two
-    means differ by exactly ``mean_diff``), mean difference, 95% t-interval and the paired t-test p-value; with
-    n < 2 these are NaN and ``note`` says "n/a (n < 2)".
+    Each method contributes its best COMPLETE configuration at that level (chosen on validation,
+    :func:`best_configs`); trials at other levels (N:M below its nominal sparsity) are never paired with it.
+    The pairs are the seeds both chosen configurations completed (``pairs_lost``: the seeds only one has).
+    Reports the level, each side's mean achieved sparsity, n pairs, each side's final test accuracy (mean,
+    std) over the paired seeds (so the two means differ by exactly ``mean_diff``), and :func:`paired_stats`.
+    ``trials``: every row, any status.
     """
-    ok = annotate(ok_trials(trials))
+    ok = _ok_annotated(trials)
     rows = []
     for (arch, level), _ in ok.groupby(["arch", "sparsity_level"], sort=True):
-        best = best_configs(ok[ok["arch"] == arch], level)
+        best = best_configs(trials[trials["arch"] == arch], level)
         picked = {m: _picked_seeds(ok, best, m) for m in (first, second)}
         if any(p is None for p in picked.values()):
             continue
@@ -392,26 +524,34 @@ def paired_comparison(trials: pd.DataFrame, first: str = "admm", second: str = "
         rows.append({"arch": arch, "sparsity_level": level,
                      **{f"achieved_sparsity_{m}": float(picked[m]["achieved_sparsity"].mean()) for m in picked},
                      "comparison": f"{first} - {second}", "split": "test", "n_pairs": len(diff),
-                     "seeds": ",".join(str(s) for s in pairs.index), **accs, **_paired_stats(diff)})
+                     "seeds": ",".join(str(s) for s in pairs.index), "pairs_lost": _pairs_lost(picked), **accs,
+                     **paired_stats(diff)})
     cols = ["arch", "sparsity_level", f"achieved_sparsity_{first}", f"achieved_sparsity_{second}", "comparison",
-            "split", "n_pairs", "seeds", *(f"final_test_acc_{m}_{k}" for m in (first, second) for k in ("mean", "std")),
-            "mean_diff", "ci95_lo", "ci95_hi", "p_value", "note"]
+            "split", "n_pairs", "seeds", "pairs_lost",
+            *(f"final_test_acc_{m}_{k}" for m in (first, second) for k in ("mean", "std")), *PAIRED_STATS]
     return pd.DataFrame(rows, columns=cols)
 
 
-def _paired_stats(diff: np.ndarray) -> dict:
-    """Mean difference, 95% t-interval and two-sided paired t-test p-value (scipy) of paired differences."""
+def paired_stats(diff: np.ndarray) -> dict:
+    """Paired differences: mean, 95% t-interval (the size), the exact sign-flip test's two-sided p-value
+    (``p_value``, what a verdict rests on; ``test`` names it; analysis.significance), the paired t-test's
+    p-value beside it (``t_p_value``, for reference only), and the pairs a decision needs (``seeds_needed``).
+    With n < 2 the interval and p-values are NaN and ``note`` says "n/a (n < 2)"; with equal differences the
+    t-interval is a point and ``note`` says that this is no evidence."""
     n = len(diff)
+    out = {"test": SIG.EXACT, "seeds_needed": SIG.seeds_needed(), "t_p_value": math.nan}
     if n < 2:
-        return {"mean_diff": float(diff.mean()) if n else math.nan, "ci95_lo": math.nan, "ci95_hi": math.nan,
+        return {**out, "mean_diff": float(diff.mean()) if n else math.nan, "ci95_lo": math.nan, "ci95_hi": math.nan,
                 "p_value": math.nan, "note": "n/a (n < 2)"}
     mean, sem = float(diff.mean()), float(stats.sem(diff))
+    p, test = SIG.sign_flip_test(diff)
+    out.update(mean_diff=mean, p_value=p, test=test)
     if sem == 0.0:  # identical differences: the t statistic is undefined, the interval is a point
-        return {"mean_diff": mean, "ci95_lo": mean, "ci95_hi": mean, "p_value": math.nan,
-                "note": "zero variance of differences"}
+        return {**out, "ci95_lo": mean, "ci95_hi": mean,
+                "note": "zero variance of differences: the interval is a point, not evidence"}
     half = float(stats.t.ppf(0.975, n - 1)) * sem
-    p = float(stats.ttest_rel(diff, np.zeros(n)).pvalue)
-    return {"mean_diff": mean, "ci95_lo": mean - half, "ci95_hi": mean + half, "p_value": p, "note": ""}
+    t_p = float(stats.ttest_rel(diff, np.zeros(n)).pvalue)
+    return {**out, "ci95_lo": mean - half, "ci95_hi": mean + half, "t_p_value": t_p, "note": ""}
 
 
 def accounting(trials: pd.DataFrame) -> pd.DataFrame:
@@ -433,7 +573,8 @@ def accounting(trials: pd.DataFrame) -> pd.DataFrame:
 def diverged_trials(trials: pd.DataFrame) -> pd.DataFrame:
     """Every trial that did not finish ok, with its comparison level, the hyperparameters that vary in the
     sweep, and its error, so none vanish silently."""
-    rows = annotate(trials[trials["status"] != "ok"])
+    rows = annotate(trials)
+    rows = rows[rows["status"] != "ok"]
     cols = [*GROUP, "trial_id", "seed", "status", "error", "sparsity_level", "target_sparsity",
             *[c for c in varying_hyperparameters(trials) if c != "target_sparsity"], "config", "epochs_run"]
     return rows.reindex(columns=cols).sort_values([*GROUP, "trial_id"]).reset_index(drop=True)

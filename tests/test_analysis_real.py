@@ -90,7 +90,7 @@ def test_report_from_real_trials_matches_hand_computation(real_experiment, tmp_p
     diff = np.array([a[s] - m[s] for s in SEEDS])
     assert paired["mean_diff"].iloc[0] == pytest.approx(diff.mean())
     if diff.std() > 0:
-        assert paired["p_value"].iloc[0] == pytest.approx(stats.ttest_rel([a[s] for s in SEEDS],
+        assert paired["t_p_value"].iloc[0] == pytest.approx(stats.ttest_rel([a[s] for s in SEEDS],
                                                                           [m[s] for s in SEEDS]).pvalue)
     # The weights table holds the exact-zero bin after pruning (about half the prunable weights).
     zeros = tables.weights[(tables.weights["bin_lo"] == 0) & (tables.weights["bin_hi"] == 0)

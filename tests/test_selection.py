@@ -193,3 +193,35 @@ def test_older_journal_entries_read_as_the_same_statuses():
     assert [selection.seed_status(t) for t in ({"state": "ok", "values": [1.0]}, {"state": "pruned"},
                                                {"state": "fail", "why": "diverged"}, {"state": "fail"})] \
         == ["ok", "stopped", "diverged", "failed"]
+
+
+@pytest.mark.slow
+def test_the_report_reads_the_sweeps_seeds_and_lists_configurations_not_chosen(tmp_path):
+    """An experiment folder with sweep.json {"seeds": 3}: admm lr 1e-3 has written one ok seed so far (the
+    others still running), so `python -m analysis report` must not choose it, and lists it as incomplete."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    rows = [_row("a0", "admm", 0, val=0.9, experiment="exp")]
+    rows += [_row(f"b{s}", "admm", s, val=0.6, lr=1e-4) for s in range(3)]
+    rows += [_row(f"m{s}", "magnitude", s, val=0.6) for s in range(3)]
+    for r in rows:
+        r = {k: v for k, v in r.items() if k != "experiment_dir"}
+        schema.write_trial_table(str(tmp_path), "trials", [{k: v for k, v in r.items()
+                                                           if k not in schema.PARTITION_COLUMNS}],
+                                 arch=r["arch"], method=r["method"], trial_id=r["trial_id"])
+    (tmp_path / "sweep.json").write_text(json.dumps({"seeds": 3, "sampler": "tpe"}))
+    out = tmp_path.parent / f"{tmp_path.name}-report"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "analysis", "report", str(tmp_path), "--out", str(out),
+                           "--no-importance"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    chosen = pd.read_csv(out / "tables" / "best_hyperparameters.csv")
+    assert chosen.loc[chosen["method"] == "admm", "trial_ids"].tolist() == ["b0,b1,b2"]
+    not_chosen = pd.read_csv(out / "tables" / "not_chosen.csv")
+    assert not_chosen["trial_ids"].tolist() == ["a0"] and not_chosen["state"].tolist() == ["incomplete"]
+    assert not_chosen["seed_statuses"].tolist() == ["0 ok, 1 not run, 2 not run"]
+    markdown = (out / "report.md").read_text()
+    assert "## Configurations not chosen" in markdown and "sign-flip" in markdown
