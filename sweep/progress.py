@@ -91,13 +91,25 @@ class LiveTable(tune.Callback):
         self.best: dict[str, tuple[float, str]] = {}  # study -> (final_val_acc, trial id), ok trials only
         self.ok_per_study: dict[str, int] = {}
         self.tune_counts: dict[str, int] = {}  # Tune status -> trials, from the latest callback's trial list
-        self.started_at: float | None = None
+        self.started_at: float | None = None  # when this process first saw a trial (the pace's clock)
         self.last_emit: float | None = None
+        # the ETA's pace counts only trials finished while this process watched (``timed``): trials that had
+        # finished before a resume (Tune restored them finished, or this table was unpickled) are ``earlier``,
+        # done but not timed, so neither the downtime nor the earlier trials skew the pace
+        self.timed = 0
+        self.earlier: set[str] = set()  # trial ids
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["last_emit"] = None
+        # unpickled in another process (a resume): its clock restarts, what finished here becomes earlier
+        state.update(started_at=None, earlier=self.earlier | set(self.finished_order), timed=0)
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("earlier", set(state.get("finished_order", [])))  # pickled by an older version
+        state.setdefault("timed", 0)
+        self.__dict__.update(state)
 
     # -- Tune hooks ---------------------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
@@ -127,6 +139,8 @@ class LiveTable(tune.Callback):
     def _see(self, trials, trial) -> dict[str, Any]:
         if self.started_at is None:
             self.started_at = self.clock()
+            # Tune's restored trials that had finished before this process watched (not this event's trial)
+            self.earlier |= {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR") and t is not trial}
         self.tune_counts = {}
         for t in trials:
             self.tune_counts[t.status] = self.tune_counts.get(t.status, 0) + 1
@@ -150,6 +164,8 @@ class LiveTable(tune.Callback):
                        pruned=result.get("final_val_acc", result.get("projected_val_acc", row["pruned"])))
         if trial.trial_id in self.finished_order:  # a trial reported twice (e.g. after a restore)
             self.finished_order.remove(trial.trial_id)
+        elif trial.trial_id not in self.earlier:
+            self.timed += 1
         self.finished_order.append(trial.trial_id)
         acc = _number(result.get("final_val_acc"))
         if row["status"] == "ok":
@@ -185,13 +201,15 @@ class LiveTable(tune.Callback):
         return "\n".join(lines)
 
     def _eta(self, now: float, finished: int) -> str:
-        """", about Xm left" from the pace of the trials finished so far (empty until one has finished)."""
-        if not self.total or not finished or self.started_at is None:
+        """", about Xm left" from the pace of the trials finished while this process watched (empty until one
+        has); trials finished before a resume count as done, not in the pace."""
+        done = max(finished, len(self.earlier | set(self.finished_order)))
+        if not self.total or not self.timed or self.started_at is None:
             return ""
-        left = max(self.total - finished, 0)
+        left = max(self.total - done, 0)
         if left == 0:
             return ", done"
-        return f", about {_duration((now - self.started_at) / finished * left)} left ({finished}/{self.total})"
+        return f", about {_duration((now - self.started_at) / self.timed * left)} left ({done}/{self.total})"
 
     @staticmethod
     def _row(r: dict[str, Any]) -> str:

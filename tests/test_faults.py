@@ -189,3 +189,52 @@ def test_a_seed_tune_saved_as_errored_but_optuna_never_heard_of_is_told_on_resum
     assert first.metrics["trial_id"] in s2.live  # from the storage alone it looks running forever
     s2.restore(str(experiment / "searcher-state.pkl"))
     assert s2.live == {} and study_of(experiment).trials[0].state == TrialState.FAIL
+
+
+# -- the live table's ETA after a resume (item 5) ------------------------------------------------------------
+class Clock:
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def stub_trial(trial_id: str, status: str):
+    from ray.tune.experiment import Trial
+
+    t = Trial("sweep_trainable", config={"_study": "mobilenet_v2-admm", "seed": 0}, trial_id=trial_id, stub=True)
+    t.set_status(status)
+    return t
+
+
+def finish(table, trials, t, acc=0.5):
+    t.update_last_result({"status": "ok", "trial_done": True, "final_val_acc": acc, "val_acc": acc})
+    t.set_status("TERMINATED")
+    table.on_trial_complete(iteration=0, trials=trials, trial=t)
+
+
+def test_eta_after_a_resume_counts_earlier_trials_as_done_and_not_the_downtime():
+    from sweep.progress import LiveTable
+
+    clock = Clock()
+    # resumed: Tune restored 2 of 6 trials finished; a new table (as unpickled from tuner.pkl) sees them
+    trials = [stub_trial("a", "TERMINATED"), stub_trial("b", "TERMINATED"), stub_trial("c", "PENDING"),
+              stub_trial("d", "PENDING")]
+    table = LiveTable(clock=clock, redraw=False, total=6)
+    table.on_trial_start(iteration=0, trials=trials, trial=trials[2])
+    trials[2].set_status("RUNNING")
+    clock.t += 60
+    finish(table, trials, trials[2])
+    assert "about 3m00s left (3/6)" in table.render()  # 3 left at 60 s each, not 5 left
+    # the driver dies an hour later; the table (pickled) comes back: the hour is not the sweep's pace
+    import pickle
+
+    table = pickle.loads(pickle.dumps(table))
+    table.clock = clock  # the copy's own clock, not the pickled one
+    clock.t += 3600
+    table.on_trial_start(iteration=0, trials=trials, trial=trials[3])
+    trials[3].set_status("RUNNING")
+    clock.t += 30
+    finish(table, trials, trials[3])
+    assert "about 1m00s left (4/6)" in table.render()
