@@ -7,10 +7,13 @@ truth: every Ray trial id is a user attribute of its Optuna trial, :meth:`restor
 the storage, a finished Optuna trial is never told again, and unknown Ray trial ids are ignored.
 
 Seeds: each configuration Optuna suggests runs as ``seeds`` Ray trials (seed 0..N-1); the Optuna trial is
-told the mean of their objectives when all are done (PRUNED if any was stopped early, FAIL if any failed).
+told what the shared rule (results.selection, DESIGN rule 15) says of the configuration once every seed has
+ended: FAIL when a seed diverged, else PRUNED when one was stopped early, else FAIL when one failed, else
+COMPLETE with the mean over all seeds (see :func:`tell`).
 
-Tell rules for one Ray trial's end: COMPLETE only when its last result carries ``trial_done=True`` and
-``status == "ok"``; PRUNED when it stopped without the done marker (ASHA); FAIL on error or divergence.
+One Ray trial's end is stored as its status (sweep.outcome): ok only when its last result carries
+``trial_done=True`` and ``status == "ok"``; stopped when it ended without the done marker (ASHA); diverged
+or failed otherwise.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
+
+from results import selection
 
 from .options import SAMPLERS  # names are data (--help lists them without importing Optuna)
 from .outcome import trial_status
@@ -239,29 +244,34 @@ class MultiStudySearcher(Searcher):
 
 
 def classify(result: dict | None, error: bool, objectives: tuple[str, ...]) -> dict:
-    """What Optuna is told of one Ray trial: ok with objective values, pruned (stopped), or fail."""
+    """What is stored of one Ray trial's end: its status (sweep.outcome) and, when ok, its objective values."""
     status = trial_status(result, error)
     if status == "stopped":
-        return {"state": "pruned"}
+        return {"state": "pruned", "status": status}
     if status != "ok":
-        return {"state": "fail", "why": status}
+        return {"state": "fail", "why": status, "status": status}
     values = [result.get(k) for k in objectives]
     if any(v is None for v in values):
-        return {"state": "fail", "why": f"status ok without objectives {values}"}
-    return {"state": "ok", "values": [float(v) for v in values]}
+        return {"state": "fail", "why": f"status ok without objectives {values}", "status": "failed"}
+    return {"state": "ok", "values": [float(v) for v in values], "status": status}
+
+
+# what Optuna is told of a configuration in each state of the shared rule (results.selection, DESIGN rule 15)
+OPTUNA_STATES = {selection.DIVERGED: TrialState.FAIL, selection.STOPPED: TrialState.PRUNED,
+                 selection.INCOMPLETE: TrialState.FAIL}
 
 
 def tell(study: optuna.Study, number: int, results: list[dict]) -> None:
-    """FAIL if any seed failed, else PRUNED if any was stopped early, else COMPLETE with the mean."""
-    states = {r["state"] for r in results}
-    if "fail" in states:
-        study.tell(number, state=TrialState.FAIL)
-    elif "pruned" in states:
-        study.tell(number, state=TrialState.PRUNED)
-    else:
-        n = len(results[0]["values"])
-        mean = [sum(r["values"][i] for r in results) / len(results) for i in range(n)]
-        study.tell(number, mean if n > 1 else mean[0])
+    """Tell Optuna a configuration's end (``results``: one dict per seed, from :func:`classify`) by the shared
+    rule: complete -> COMPLETE with the mean over all its seeds; diverged -> FAIL; stopped -> PRUNED;
+    incomplete (a failed seed) -> FAIL."""
+    state = selection.config_state((seed, selection.seed_status(r)) for seed, r in enumerate(results))
+    if state != selection.COMPLETE:
+        study.tell(number, state=OPTUNA_STATES[state])
+        return
+    n = len(results[0]["values"])
+    mean = [sum(r["values"][i] for r in results) / len(results) for i in range(n)]
+    study.tell(number, mean if n > 1 else mean[0])
 
 
 def make_sampler(name: str, n_objectives: int) -> optuna.samplers.BaseSampler:
