@@ -201,10 +201,12 @@ def test_paired_comparison_matches_scipy(experiment):
         got = table[table["sparsity_level"] == sparsity].iloc[0]
         assert got["n_pairs"] == 3
         assert got["mean_diff"] == pytest.approx(diff.mean())
-        assert got["p_value"] == pytest.approx(stats.ttest_rel([a[s] for s in sorted(a)],
+        assert got["t_p_value"] == pytest.approx(stats.ttest_rel([a[s] for s in sorted(a)],
                                                                [m[s] for s in sorted(m)]).pvalue)
         half = stats.t.ppf(0.975, 2) * diff.std(ddof=1) / math.sqrt(3)
         assert got["ci95_lo"] == pytest.approx(diff.mean() - half)
+        # the verdict's p-value: the exact sign-flip test (3 pairs: 1/4 when all share a sign, else 3/4 or 1)
+        assert got["test"].startswith("exact sign-flip") and got["p_value"] in (0.25, 0.75, 1.0)
 
 
 def test_paired_comparison_with_one_seed_says_na(tmp_path):

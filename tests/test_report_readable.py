@@ -48,22 +48,24 @@ def test_a_clear_win_is_called_with_its_interval_and_seeds():
     from analysis import summary_table
     from analysis.present import answers
 
-    diffs = [0.05, 0.06, 0.04, 0.05, 0.07]
+    diffs = [0.05, 0.06, 0.04, 0.05, 0.07, 0.054]  # 6 pairs: the fewest an exact sign-flip test can decide on
     row = summary_table(pd.DataFrame(_paired_rows(diffs))).iloc[0]
-    half = stats.t.ppf(0.975, 4) * np.std(diffs, ddof=1) / math.sqrt(5)
-    assert row["leader"] == "admm" and row["verdict"] == "wins" and row["n_pairs"] == 5
+    half = stats.t.ppf(0.975, 5) * np.std(diffs, ddof=1) / math.sqrt(6)
+    assert row["leader"] == "admm" and row["verdict"] == "wins" and row["n_pairs"] == 6
+    assert row["p_value"] == pytest.approx(1 / 32) and row["test"].startswith("exact sign-flip")
     assert row["mean_diff"] == pytest.approx(np.mean(diffs)) and row["ci95_lo"] == pytest.approx(np.mean(diffs) - half)
     # the two accuracies shown are over the paired seeds, so they differ by exactly the difference shown
     assert row["final_test_acc_admm_mean"] - row["final_test_acc_magnitude_mean"] == pytest.approx(row["mean_diff"])
     answer = answers(summary_table(pd.DataFrame(_paired_rows(diffs))))[0]
     assert answer.headline == f"{ARCH} at 50.0% sparsity: admm wins by 5.4 pp"
     lo, hi = 100 * (np.mean(diffs) - half), 100 * (np.mean(diffs) + half)
-    assert f"paired 95% interval +{lo:.1f} to +{hi:.1f} pp over 5 seeds" in answer.detail
+    assert "p = 0.031 over 6 seeds" in answer.detail
+    assert f"paired 95% t-interval +{lo:.1f} to +{hi:.1f} pp" in answer.detail
     assert "two seeds" not in answer.caution and "one seed" not in answer.caution
 
 
 @pytest.mark.parametrize("diffs, verdict, caution", [
-    ([0.05, -0.04], "unresolved", "two seeds: the interval rests on one degree of freedom"),
+    ([0.05, -0.04], "too few seeds", "two seeds: the interval rests on one degree of freedom"),
     ([-0.02], "one seed", "one seed: no interval"),
 ])
 def test_thin_evidence_is_said_in_one_line(diffs, verdict, caution):
@@ -75,8 +77,10 @@ def test_thin_evidence_is_said_in_one_line(diffs, verdict, caution):
     answer = answers(table)[0]
     assert caution in answer.caution
     assert "\n" not in answer.caution
-    if verdict == "unresolved":
-        assert answer.headline.endswith("no clear winner.") and "includes 0" in answer.detail
+    assert "needs at least 6 paired seeds to decide" in answer.caution
+    if verdict == "too few seeds":
+        assert answer.headline.endswith("admm ahead by 0.5 pp on 2 seeds, no verdict: needs at least 6 paired "
+                                        "seeds to decide.") and "sign-flip" in answer.detail
     else:
         assert answer.headline.endswith("magnitude ahead by 2.0 pp on one seed") and "no interval" in answer.detail
 
@@ -148,8 +152,10 @@ def test_a_caution_every_row_shares_is_said_once():
     rows = _paired_rows([0.05, 0.06], lr=1e-3) + _paired_rows([0.05], lr=1e-3, arch="mobilenet_v3_small")
     per_row, shared = shared_cautions(answers(summary_table(pd.DataFrame(rows))))
     assert "essentially random search" in shared
-    assert [a.caution for a in per_row] == ["two seeds: the interval rests on one degree of freedom",
-                                            "one seed: no interval, and the difference may be seed noise"]
+    needs = "needs at least 6 paired seeds to decide (with {} the exact sign-flip test's smallest p-value is {} > 0.05)"
+    assert [a.caution for a in per_row] == [
+        "two seeds: the interval rests on one degree of freedom; " + needs.format(2, "0.5"),
+        "one seed: no interval, and the difference may be seed noise; " + needs.format(1, "1")]
 
 
 # --- tables a person reads ----------------------------------------------------------------------------------------
