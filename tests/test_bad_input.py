@@ -119,8 +119,8 @@ def tripwire(tmp_path):
 
 @pytest.mark.slow  # pyarrow retries the connection for ~12 s
 @pytest.mark.parametrize("command", [["run", "--local", "--name", "x"], ["resume", "x"]])
-def test_unreachable_storage_is_refused_before_ray(command, sweep_main):
-    code, _, err = sweep_main(*command, "--storage", UNREACHABLE_S3)
+def test_unreachable_storage_is_refused_before_ray(command, sweep_main, tripwire):
+    code, _, err = sweep_main(*command, "--storage", UNREACHABLE_S3, *(tripwire if command[0] == "run" else []))
     assert code == 2 and err.startswith("error: --storage:"), err
     assert "Traceback" not in err
 
