@@ -238,3 +238,24 @@ def test_eta_after_a_resume_counts_earlier_trials_as_done_and_not_the_downtime()
     clock.t += 30
     finish(table, trials, trials[3])
     assert "about 1m00s left (4/6)" in table.render()
+
+
+# -- the cached dense payload does not carry a histogram of another trial's prunable set (item 6) -------------
+def stage_total(result, stage: str) -> int:
+    return sum(r["count"] for r in result.weights if r["stage"] == stage)
+
+
+@pytest.mark.slow
+def test_dense_histogram_is_of_the_trials_own_prunable_weights_when_the_dense_model_is_cached(tmp_path,
+                                                                                             tiny_splits):
+    from helpers import TINY
+    from trainables.trial import run_trial
+
+    store = FileDenseStore(str(tmp_path))
+    base = {**TINY, "sparsify_epochs": 1, "finetune_epochs": 1}
+    built = run_trial({**base, "prune_first_conv": False}, data=tiny_splits, dense_store=store)
+    read = run_trial({**base, "prune_first_conv": True}, data=tiny_splits, dense_store=store)
+    assert built.summary["dense_key"] == read.summary["dense_key"]  # the same cached dense model
+    assert read.summary["prunable_params"] > built.summary["prunable_params"]  # the first conv is prunable
+    for result in (built, read):  # each trial's stages histogram the same weights: its own prunable set
+        assert stage_total(result, "dense") == stage_total(result, "final") == result.summary["prunable_params"]

@@ -536,7 +536,6 @@ class _Trial:
         self._run_phase(reported=False)
         recalibrate_bn(self.model, self.loaders.recal, self.cfg.train.bn_recal_batches)
         self._measure("dense", recal=False)
-        self._histogram("dense")
         buf = io.BytesIO()
         torch.save({"model": self.model.state_dict(), "epochs": self.epochs, "accs": self.accs,
                     "weights": self.weights, "status": self.status, "error": self.error}, buf)
@@ -549,8 +548,12 @@ class _Trial:
             payload = self.dense_store.get_or_build(self.device_key, self._dense_payload)
         state = torch.load(io.BytesIO(payload), map_location=self.device, weights_only=False)
         self.model.load_state_dict(state["model"])
-        self.epochs, self.accs, self.weights = list(state["epochs"]), dict(state["accs"]), list(state["weights"])
+        self.epochs, self.accs = list(state["epochs"]), dict(state["accs"])
         self.status, self.error = state["status"], state["error"]
+        # the dense histogram is of THIS trial's prunable weights (prune_first_conv is not in the dense key);
+        # payloads cached by an older version carry the builder's: dropped
+        self.weights = [w for w in state["weights"] if w["stage"] != "dense"]
+        self._histogram("dense")
 
     def _control_payload(self) -> bytes:
         """Train a copy of the dense model control_epochs more with the dense recipe (DESIGN rule 11)."""
