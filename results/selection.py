@@ -71,10 +71,9 @@ def device_precision(kind: str | None) -> str | None:
 
 
 def seed_status(told: dict) -> str:
-    """The status of one seed as the searcher stored it in the Optuna storage (``classify``'s dict; older
-    journals have only ``state`` and, for fail, ``why``)."""
-    if told.get("status") in STATUSES:
-        return told["status"]
+    """The status (one of STATUSES) of one seed as sweep.searcher.classify stored it in the Optuna storage:
+    ``state`` ok or pruned (stopped), or fail with ``why`` (its status, or why an ok trial had no objectives:
+    failed)."""
     if told.get("state") == "ok":
         return "ok"
     if told.get("state") == "pruned":

@@ -244,16 +244,17 @@ class MultiStudySearcher(Searcher):
 
 
 def classify(result: dict | None, error: bool, objectives: tuple[str, ...]) -> dict:
-    """What is stored of one Ray trial's end: its status (sweep.outcome) and, when ok, its objective values."""
+    """What is stored of one Ray trial's end: ok with objective values, pruned (stopped), or fail with why
+    (its status: diverged or failed); results.selection.seed_status reads the status back."""
     status = trial_status(result, error)
     if status == "stopped":
-        return {"state": "pruned", "status": status}
+        return {"state": "pruned"}
     if status != "ok":
-        return {"state": "fail", "why": status, "status": status}
+        return {"state": "fail", "why": status}
     values = [result.get(k) for k in objectives]
     if any(v is None for v in values):
-        return {"state": "fail", "why": f"status ok without objectives {values}", "status": "failed"}
-    return {"state": "ok", "values": [float(v) for v in values], "status": status}
+        return {"state": "fail", "why": f"status ok without objectives {values}"}
+    return {"state": "ok", "values": [float(v) for v in values]}
 
 
 # what Optuna is told of a configuration in each state of the shared rule (results.selection, DESIGN rule 15)
