@@ -45,7 +45,10 @@ def _main(argv: list[str]) -> int:
         if args.command == "spaces":
             print(sp.describe_spaces())
             return 0
-        run_sweep(argv, write=print)
+        from . import console
+
+        with console.quiet(args.verbose):  # Ray's, Tune's and Optuna's logs to a file unless -v
+            run_sweep(argv, write=print)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from trainables.config import TrialConfig
 
-from . import spaces as sp
+from . import console, spaces as sp
 from .options import (JOURNAL, OPTIONS_FILE, UsageError, asha_max_t, build_parser, check_data, exists,
                       experiment_path, load_data, parse_set, validate_resume, validate_run, without_params)
 from .resources import check_resources, check_storage, check_storage_here, default_gpus, init_ray
@@ -111,6 +111,7 @@ def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str
 
     storage, name = options["storage"], options["name"]
     experiment = experiment_path(storage, name)
+    console.attach(experiment, write)  # the quiet console's log file (python -m sweep without -v)
     base = options["base"]
     if splits is None:
         splits = load_data(base, options["archs"][0])  # once per sweep
@@ -157,7 +158,7 @@ def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str
                 failure_config=tune.FailureConfig(max_failures=options["max_failures"]),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
-    with interruptible() as interrupted:
+    with interruptible() as interrupted, console.streams():
         tuner.fit()
     del dense_store
     if interrupted.is_set():

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "cluster, same resources) unless told otherwise")
     res.add_argument("name", help="the experiment's --name (a folder in --storage)")
     add_cluster_options(res, resume=True)
+    for command in (run, res):  # sweep.console
+        command.add_argument("-v", "--verbose", action="store_true",
+                             help="show Ray's, Tune's and Optuna's logs here [default: in <experiment>/sweep.log]")
     sub.add_parser("spaces", help="list the built-in spaces and their ranges")
     return p
 

@@ -239,7 +239,15 @@ class EndWriter(tune.Callback):
         self.context = context
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._write(trial, "failed", read_error(str(trial.error_file or "error")))
+        error = read_error(str(trial.error_file or "error"))
+        self._write(trial, "failed", error)
+        # a caution on the console (Tune's own traceback goes to the log file unless -v)
+        log.warning("trial %s failed after its retries: %s\n  full log: %s", trial.trial_id, last_line(error),
+                    trial.error_file or "(none: see the sweep's log file)")
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        log.warning("trial %s crashed, retrying from its last checkpoint: %s", trial.trial_id,
+                    last_line(read_error(str(trial.error_file or "error"))))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         if trial_status(trial.last_result, False) == "stopped":
@@ -341,6 +349,12 @@ def failed_row(trial_id, flat, meta, cfg, context, error) -> dict:
         "seed": int(flat.get("seed", 0)), "status": "failed", "error": read_error(error), **hyper,
         "config_json": schema.dumps(flat),
     }
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of an error text (a traceback's exception line)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else text
 
 
 def read_error(error_file: str) -> str:
