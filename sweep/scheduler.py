@@ -23,7 +23,7 @@ Here:
 Milestones are ``grace_period * reduction_factor**k`` reports, strictly below ``max_t`` (a trial's last report
 is its final one, marked ``trial_done``: stopping it there would change nothing but its label).
 
-The state lives in ``<experiment>/scheduler.json`` (written through results.storage after every change), so a
+The state lives in ``<experiment>/early_stopping.state`` (JSON) (written through results.storage after every change), so a
 resumed sweep (Tune does not save its scheduler) continues with the same rungs and stopped configurations.
 """
 
@@ -42,7 +42,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FIDELITY = "projected_val_acc"  # the one metric early stopping reads (results.schema EPOCHS column)
-STATE_FILE = "scheduler.json"
+# JSON, but not named *.json: Tune copies every top-level *.json and *.pkl of the experiment folder into its
+# staging folder when it restores a sweep and uploads those copies back on every later sync, so a file of ours
+# named so would be overwritten with its state as of the resume (measured: the rungs stopped growing)
+STATE_FILE = "early_stopping.state"
 
 
 def milestones(max_t: int, grace_period: int, reduction_factor: float) -> list[int]:
@@ -73,6 +76,7 @@ class ConfigurationASHA(FIFOScheduler):
     def __init__(self, *, max_t: int, seeds: int, grace_period: int = 1, reduction_factor: float = 4,
                  metric: str = FIDELITY, time_attr: str = "training_iteration", experiment: str | None = None):
         super().__init__()
+        self._supports_buffered_results = False  # every report seen as it comes (Tune would batch them)
         if reduction_factor <= 1 or grace_period < 1 or max_t < 1 or seeds < 1:
             raise ValueError("ConfigurationASHA needs reduction_factor > 1, grace_period >= 1, max_t >= 1, "
                              "seeds >= 1")
