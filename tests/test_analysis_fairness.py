@@ -2,7 +2,7 @@
 are compared at their sparsity level (DESIGN rule 13), the dense reference is the same-budget dense control
 (rule 11), and hyperparameter importance ranks what makes a MAXIMISED objective high, from enough trials.
 
-Trial rows come from test_analysis's generator (a real TrialConfig's hyperparameter columns); most tests build
+Trial rows come from tests/result_rows.py's generator (a real TrialConfig's hyperparameter columns); most tests build
 the trials DataFrame in memory, as analysis.load would give it, to stay fast.
 """
 
@@ -16,7 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from test_analysis import ARCH, _trial_rows, write_trial
+from result_rows import ARCH, write_trial
+from result_rows import trial_rows as _trial_rows
 from results import schema
 
 

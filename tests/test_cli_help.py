@@ -6,10 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-
-import pytest
 
 from trainables import config as C
 
@@ -49,19 +45,17 @@ def test_sweep_run_options_all_have_help():
     assert C.field_help()["sparsify_epochs"] in helps["sparsify_epochs"]
 
 
-def test_dense_cache_reuses_the_dense_model_between_cli_runs(tmp_path):
+def test_dense_cache_reuses_the_dense_model_between_cli_runs(tmp_path, trainables_main):
     args = ["--dataset", "synthetic", "--synthetic-train", "128", "--synthetic-test", "32", "--width", "0.1",
             "--arch", "mobilenet_v3_small", "--dense-epochs", "1", "--sparsify-epochs", "1", "--finetune-epochs",
             "0", "--batch-size", "32", "--bn-recal-batches", "1", "--max-threads", "1", "--json",
             "--dense-cache", str(tmp_path / "cache")]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     runs = []
     for method in ("magnitude", "admm"):
-        r = subprocess.run([sys.executable, "-m", "trainables", "train", *args, "--method", method,
-                            "--admm-interval", "1", "--admm-interval-unit", "step"],
-                           capture_output=True, text=True, timeout=300, env=env)
-        assert r.returncode == 0, r.stderr
-        runs.append(json.loads(r.stdout))
+        code, stdout, stderr = trainables_main("train", *args, "--method", method, "--admm-interval", "1",
+                                               "--admm-interval-unit", "step")
+        assert code == 0, stderr
+        runs.append(json.loads(stdout))
         if method == "magnitude":
             stamps = {f: os.stat(tmp_path / "cache" / f).st_mtime_ns for f in os.listdir(tmp_path / "cache")}
     assert runs[0]["dense_key"] == runs[1]["dense_key"]

@@ -26,6 +26,7 @@ from sweep.storage import PROBE_PREFIX, StorageError, check_storage, mount_fs_ty
 @pytest.fixture(scope="module")
 def cluster():
     """A head that runs no trials (0 CPUs, like cluster.yaml's head) and nothing else yet."""
+    ray.shutdown()  # this module's own cluster, not the session's shared Ray (conftest.py)
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     ray.init(address=c.address)
     yield c
@@ -135,6 +136,7 @@ def can_unshare_mounts() -> bool:
     return probe.returncode == 0
 
 
+@pytest.mark.slow  # ~30 s: a node started with `ray start` in its own mount namespace, and stopped
 @pytest.mark.skipif(not can_unshare_mounts(), reason="needs util-linux unshare with CAP_SYS_ADMIN (root)")
 def test_local_folder_refused_when_another_node_cannot_see_it(cluster, tmp_path):
     private = tmp_path / "private"  # the new node gets an empty tmpfs here: its own "disk"

@@ -25,6 +25,7 @@ TRIALS = 2  # two 1-CPU workers: the two concurrent trials necessarily run one o
 
 @pytest.fixture
 def cluster():
+    ray.shutdown()  # this test's own cluster, not the session's shared Ray (conftest.py)
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [c.add_node(num_cpus=1) for _ in range(2)]
     ray.init(address=c.address)

@@ -16,11 +16,7 @@ import ray
 from sweep.ray_tune import RayDenseStore, start_dense_store
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_local():
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)  # never join another
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_session")  # the session's local Ray (conftest.py), never another
 
 
 def test_two_concurrent_askers_build_once_and_both_get_the_model(tmp_path):

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from matplotlib.ticker import MaxNLocator
 
-from test_analysis import ARCH, _trial_rows
+from result_rows import ARCH
+from result_rows import trial_rows as _trial_rows
 
 matplotlib.use("Agg")
 

@@ -4,7 +4,7 @@ std, name=value hyperparameters instead of hash keys, an em dash with a footnote
 raw CSV at full precision; the summary is the first section and, in real Chromium at 1280 px, no table
 overflows and every figure loads.
 
-Trial rows come from test_analysis's generator (a real TrialConfig's hyperparameter columns); most tests
+Trial rows come from tests/result_rows.py's generator (a real TrialConfig's hyperparameter columns); most tests
 build the trials DataFrame in memory, as analysis.load gives it.
 """
 
@@ -23,7 +23,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from test_analysis import ARCH, _trial_rows, write_trial
+from result_rows import ARCH, write_trial
+from result_rows import trial_rows as _trial_rows
 
 
 def _row(tid, method, seed, sparsity=0.5, lr=1e-3, *, arch=ARCH, **kw) -> dict:

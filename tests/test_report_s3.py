@@ -15,7 +15,7 @@ import sys
 import pyarrow.fs as pafs
 import pytest
 
-from test_analysis import ARCH, write_trial
+from result_rows import ARCH, write_trial
 from results import schema, storage
 
 

@@ -1,5 +1,6 @@
 """Bad input to ``python -m sweep``: one clear "error: ..." line naming the option, exit code 2, nothing
-started, nothing overwritten. Subprocesses (the real CLI); no Ray is started by any of these."""
+started, nothing overwritten. Through sweep.cli.main(argv) in this process, and once as a real subprocess
+(the smoke test that `python -m sweep` itself exits 2); no Ray is started by any of these."""
 
 from __future__ import annotations
 
@@ -12,9 +13,26 @@ import pytest
 from sweep import spaces as sp
 
 
-def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sweep", *args], capture_output=True, text=True, timeout=120,
-                          cwd=cwd, env={**os.environ, "RAY_ADDRESS": ""})
+@pytest.fixture
+def cli(sweep_main):
+    """Runs ``python -m sweep ARGS`` in this process; asserts it started no Ray. Returns (code, out, err)."""
+    import ray
+
+    def run(*args: str) -> tuple[int, str, str]:
+        was = ray.is_initialized()
+        result = sweep_main(*args)
+        assert ray.is_initialized() == was, "the command started Ray"
+        return result
+
+    return run
+
+
+def test_the_real_command_exits_2_naming_the_option(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "sweep", "run", "--local", "--space", "nope", "--storage",
+                        str(tmp_path), "--name", "x"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "RAY_ADDRESS": ""})
+    assert r.returncode == 2 and r.stderr.startswith("error: --space") and "nope" in r.stderr, r.stderr
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("args, option", [
@@ -30,10 +48,10 @@ def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     (["--cpus-per-trial", "0"], "--cpus-per-trial"),
     (["--dense-epochs", "-1"], "--dense-epochs"),
 ])
-def test_bad_run_option_exits_2_naming_it(args, option, tmp_path):
-    r = cli("run", "--local", "--storage", str(tmp_path), "--name", "x", *args)
-    assert r.returncode == 2, r.stderr
-    assert r.stderr.startswith("error: ") and option in r.stderr, r.stderr
+def test_bad_run_option_exits_2_naming_it(args, option, tmp_path, cli):
+    code, _, stderr = cli("run", "--local", "--storage", str(tmp_path), "--name", "x", *args)
+    assert code == 2, stderr
+    assert stderr.startswith("error: ") and option in stderr, stderr
     assert not (tmp_path / "x").exists(), "something was created before validation finished"
 
 
@@ -48,11 +66,11 @@ def test_bad_run_option_exits_2_naming_it(args, option, tmp_path):
     ('methods = ["sgd"]\n', "methods"),
     ('methods = ["admm"\n', "malformed"),
 ])
-def test_bad_space_file_exits_2_naming_the_parameter(text, field, tmp_path):
+def test_bad_space_file_exits_2_naming_the_parameter(text, field, tmp_path, cli):
     path = tmp_path / "space.toml"
     path.write_text(text)
-    r = cli("run", "--local", "--space", str(path), "--storage", str(tmp_path), "--name", "x")
-    assert r.returncode == 2 and r.stderr.startswith("error: --space") and field in r.stderr, r.stderr
+    code, _, stderr = cli("run", "--local", "--space", str(path), "--storage", str(tmp_path), "--name", "x")
+    assert code == 2 and stderr.startswith("error: --space") and field in stderr, stderr
 
 
 def test_yaml_space_file_loads_with_method_params(tmp_path):
@@ -66,31 +84,31 @@ def test_yaml_space_file_loads_with_method_params(tmp_path):
     assert not space.searches_sparsity("admm")
 
 
-def test_existing_name_without_resume_exits_2_and_keeps_files(tmp_path):
+def test_existing_name_without_resume_exits_2_and_keeps_files(tmp_path, cli):
     (tmp_path / "taken").mkdir()
     marker = tmp_path / "taken" / "keep.txt"
     marker.write_text("mine")
-    r = cli("run", "--local", "--storage", str(tmp_path), "--name", "taken")
-    assert r.returncode == 2 and "--name" in r.stderr and "resume" in r.stderr, r.stderr
+    code, _, stderr = cli("run", "--local", "--storage", str(tmp_path), "--name", "taken")
+    assert code == 2 and "--name" in stderr and "resume" in stderr, stderr
     assert marker.read_text() == "mine"
 
 
-def test_resume_of_unknown_sweep_exits_2(tmp_path):
-    r = cli("resume", "ghost", "--local", "--storage", str(tmp_path))
-    assert r.returncode == 2 and "ghost" in r.stderr, r.stderr
+def test_resume_of_unknown_sweep_exits_2(tmp_path, cli):
+    code, _, stderr = cli("resume", "ghost", "--local", "--storage", str(tmp_path))
+    assert code == 2 and "ghost" in stderr, stderr
 
 
-def test_spaces_lists_every_builtin_with_ranges():
-    r = cli("spaces")
-    assert r.returncode == 0
+def test_spaces_lists_every_builtin_with_ranges(cli):
+    code, stdout, _ = cli("spaces")
+    assert code == 0
     for name, space in sp.BUILTIN.items():
-        assert f"{name}:" in r.stdout
+        assert f"{name}:" in stdout
         for method in space.methods:
             for param, d in space.params_for(method).items():
-                assert f"[{method}] {param}: {d.describe()}" in r.stdout
+                assert f"[{method}] {param}: {d.describe()}" in stdout
 
 
 @pytest.mark.parametrize("sub", ["run", "resume", "spaces"])
-def test_help_on_each_command(sub):
-    r = cli(sub, "--help")
-    assert r.returncode == 0 and "usage:" in r.stdout
+def test_help_on_each_command(sub, cli):
+    code, stdout, _ = cli(sub, "--help")
+    assert code == 0 and "usage:" in stdout

@@ -15,14 +15,17 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
+import helpers
 from sweep.searcher import open_storage
 
 pytestmark = pytest.mark.slow
 
-TINY = ["--dataset", "synthetic", "--width", "0.1", "--dense-epochs", "1", "--sparsify-epochs", "1",
+# helpers.TINY's data and batch sizes as sweep options, at width 0.1 and 1 + 1 + 1 epochs
+TINY = ["--dataset", helpers.TINY["dataset"], "--width", "0.1", "--dense-epochs", "1", "--sparsify-epochs", "1",
         "--finetune-epochs", "1", "--cpus-per-trial", "1", "--gpus-per-trial", "0",
-        "--set", "synthetic_train=256", "--set", "synthetic_test=64", "--set", "batch_size=64",
-        "--set", "bn_recal_batches=2", "--set", "max_threads=1"]
+        *helpers.sweep_set_args({k: helpers.TINY[k] for k in ("synthetic_train", "synthetic_test", "batch_size",
+                                                             "bn_recal_batches")}),
+        "--set", "max_threads=1"]
 EPOCHS = 3  # dense + sparsify + finetune epoch rows per trial
 
 

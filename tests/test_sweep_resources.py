@@ -3,13 +3,9 @@ autoscaling cluster whose head has 0 CPUs and no worker is up yet)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
-import ray
 
+from helpers import SHARED_RAY_CPUS
 from sweep.options import UsageError
 from sweep.resources import GPU_SHARE, check_resources, default_gpus
 
@@ -22,11 +18,7 @@ available_node_types:
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_local():
-    ray.init(address="local", num_cpus=1, num_gpus=0, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_session")  # the session's local Ray: 2 CPUs, no GPU (conftest.py)
 
 
 def bootstrap(tmp_path, resources: str) -> str:
@@ -41,8 +33,8 @@ def test_local_machine_without_gpu_rejects_a_gpu_per_trial():
         check_resources(1, 1, local=True)
     assert err.value.option == "--gpus-per-trial" and "--gpus-per-trial 0" in str(err.value)
     with pytest.raises(UsageError) as err:
-        check_resources(4, 0, local=True)
-    assert err.value.option == "--cpus-per-trial" and "has 1" in str(err.value)
+        check_resources(SHARED_RAY_CPUS + 1, 0, local=True)
+    assert err.value.option == "--cpus-per-trial" and f"has {SHARED_RAY_CPUS}" in str(err.value)
 
 
 def test_cluster_accepts_what_an_autoscalable_node_type_declares(tmp_path):
@@ -61,11 +53,9 @@ def test_cluster_trusts_node_types_whose_resources_are_detected_at_start(tmp_pat
         check_resources(1, 1, local=False, autoscaler_config=str(tmp_path / "missing.yaml"))
 
 
-def test_cli_impossible_gpus_exits_2_and_creates_nothing(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "sweep", "run", "--local", "--gpus-per-trial", "3",
-                        "--storage", str(tmp_path), "--name", "x"], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "RAY_ADDRESS": ""})
-    assert r.returncode == 2 and "--gpus-per-trial" in r.stderr.splitlines()[-1], r.stderr[-2000:]
+def test_cli_impossible_gpus_exits_2_and_creates_nothing(tmp_path, sweep_main):
+    code, _, stderr = sweep_main("run", "--local", "--gpus-per-trial", "3", "--storage", str(tmp_path), "--name", "x")
+    assert code == 2 and "--gpus-per-trial" in stderr.splitlines()[-1], stderr[-2000:]
     assert not (tmp_path / "x").exists()
 
 

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import optuna
 import pytest
-import ray
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
@@ -23,14 +21,8 @@ from sweep.searcher import MultiStudySearcher, StudySpec, classify, open_storage
 REPORTS = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_local():
-    # workers import this test module to unpickle the function trainable
-    here = os.path.dirname(os.path.abspath(__file__))
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", "")}})
-    yield
-    ray.shutdown()
+# the session's local Ray (conftest.py; its workers have tests/ on their path to unpickle curve_trainable)
+pytestmark = pytest.mark.usefixtures("ray_session")
 
 
 def curve_trainable(config):
@@ -54,7 +46,10 @@ def make_searcher(path, *, trials, seeds=1, space=None, objectives=("final_val_a
 
 def run(searcher, tmp_path, *, scheduler=None, samples):
     tuner = tune.Tuner(curve_trainable,
-                       tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=samples),
+                       # actors reused between trials: the searcher's bookkeeping is the same, each trial no longer
+                       # pays a worker process's start-up (most of this file's time on 2 cores)
+                       tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=samples,
+                                                   reuse_actors=True),
                        run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), name="t", verbose=0))
     return tuner.fit()
 

@@ -1,4 +1,5 @@
-"""python -m trainables train as a subprocess: end-to-end runs and bad input (exit 2, field named)."""
+"""python -m trainables train: end-to-end runs and bad input (exit 2, field named). Through its main(argv) in
+this process, and once as a real subprocess (the smoke test that `python -m trainables` itself works)."""
 
 import json
 import os
@@ -8,24 +9,26 @@ import sys
 import pandas as pd
 import pytest
 
+from helpers import TINY, train_args
 from tests.cifar_fixture import write_fake_cifar10
 
-TINY = ["--dataset", "synthetic", "--synthetic-train", "256", "--synthetic-test", "64", "--width", "0.25",
-        "--dense-epochs", "1", "--sparsify-epochs", "1", "--finetune-epochs", "1", "--batch-size", "64",
-        "--bn-recal-batches", "2", "--arch", "mobilenet_v3_small", "--max-threads", "1"]
+ARGS = train_args({**TINY, "sparsify_epochs": 1, "max_threads": 1})
 
 
-def _run(*args, timeout=300):
+def _subprocess(*args, timeout=300) -> tuple[int, str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "trainables", "train", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "trainables", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
-@pytest.mark.parametrize("method", ["admm", "magnitude"])
-def test_end_to_end(method, tmp_path):
-    proc = _run(*TINY, "--method", method, "--sparsity", "0.5", "--json", "--out", str(tmp_path))
-    assert proc.returncode == 0, proc.stderr
-    summary = json.loads(proc.stdout)
+@pytest.mark.parametrize("method, in_process", [("admm", False), ("magnitude", True)])
+def test_end_to_end(method, in_process, tmp_path, trainables_main):
+    run = trainables_main if in_process else _subprocess
+    code, stdout, stderr = run("train", *ARGS, "--method", method, "--sparsity", "0.5", "--json", "--out",
+                               str(tmp_path))
+    assert code == 0, stderr
+    summary = json.loads(stdout)
     assert summary["status"] == "ok"
     assert summary["achieved_sparsity"] == summary["target_sparsity"] == 0.5
     for k in ("dense_val_acc", "pre_prune_val_acc", "post_prune_val_acc", "final_val_acc", "final_test_acc"):
@@ -33,7 +36,7 @@ def test_end_to_end(method, tmp_path):
     trials = pd.read_parquet(tmp_path / "results" / "trials")
     assert len(trials) == 1 and trials["status"].iloc[0] == "ok"
     assert len(pd.read_parquet(tmp_path / "results" / "epochs")) == 3
-    assert "finetune epoch" in proc.stderr
+    assert "finetune epoch" in stderr
 
 
 def _corrupt_cifar(tmp_path):
@@ -61,26 +64,26 @@ BAD = [
 
 
 @pytest.mark.parametrize("args,field", BAD)
-def test_bad_input_exits_2_naming_field(args, field):
-    proc = _run(*args, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {field}:")
+def test_bad_input_exits_2_naming_field(args, field, trainables_main):
+    code, _, stderr = trainables_main("train", *args)
+    assert code == 2, stderr
+    assert stderr.strip().splitlines()[-1].startswith(f"error: {field}:")
 
 
-def test_corrupt_batch_file(tmp_path):
+def test_corrupt_batch_file(tmp_path, trainables_main):
     root = _corrupt_cifar(tmp_path)
-    proc = _run("--dataset", "cifar10", "--data-dir", root, timeout=120)
-    assert proc.returncode == 2
-    last = proc.stderr.strip().splitlines()[-1]
+    code, _, stderr = trainables_main("train", "--dataset", "cifar10", "--data-dir", root)
+    assert code == 2
+    last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: data_dir:") and "data_batch_2" in last
 
 
-def test_checkpoint_of_other_arch(tmp_path):
+def test_checkpoint_of_other_arch(tmp_path, trainables_main):
     ckpt = tmp_path / "ckpt"
-    proc = _run(*TINY, "--finetune-epochs", "1", "--checkpoint-dir", str(ckpt))  # last epoch: no checkpoint
-    assert proc.returncode == 0, proc.stderr
-    assert (ckpt / "checkpoint.pt").exists()
-    proc = _run(*TINY, "--arch", "mobilenet_v2", "--resume", str(ckpt))
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: resume_from:")
-    assert "epoch" not in proc.stderr.split("error:")[0]  # nothing trained before the error
+    code, _, stderr = trainables_main("train", *ARGS, "--finetune-epochs", "1", "--checkpoint-dir", str(ckpt))
+    assert code == 0, stderr
+    assert (ckpt / "checkpoint.pt").exists()  # the last epoch writes none: this one is the sparsify epoch's
+    code, _, stderr = trainables_main("train", *ARGS, "--arch", "mobilenet_v2", "--resume", str(ckpt))
+    assert code == 2
+    assert stderr.strip().splitlines()[-1].startswith("error: resume_from:")
+    assert "epoch" not in stderr.split("error:")[0]  # nothing trained before the error

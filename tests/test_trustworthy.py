@@ -9,10 +9,7 @@ import argparse
 import dataclasses
 import io
 import math
-import os
 import shutil
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -28,16 +25,14 @@ from trainables.sparsity import make_sparsity_set
 from trainables.trial import (FileDenseStore, _bn_buffers, _Loaders, _Trial, evaluate_recalibrated,
                               load_checkpoint, recalibrate_bn, run_trial)
 
+from helpers import TINY
+
 torch.set_num_threads(1)
 
-TINY = {"dataset": "synthetic", "synthetic_train": 256, "synthetic_test": 64, "width": 0.25, "dense_epochs": 1,
-        "sparsify_epochs": 2, "finetune_epochs": 1, "batch_size": 64, "bn_recal_batches": 2,
-        "arch": "mobilenet_v3_small", "device": "cpu", "dense_control": False}
 
-
-@pytest.fixture(scope="module")
-def splits():
-    return load_splits(TrialConfig.from_dict(TINY).data)
+@pytest.fixture
+def splits(tiny_splits):
+    return tiny_splits
 
 
 # ------------------------------------------------------------------ 1: global sparsity trials crashed at the end
@@ -110,9 +105,10 @@ def test_run_trial_refuses_a_degenerate_admm_config_before_training(splits):
     assert err.value.field == "admm_interval"
 
 
-def test_default_admm_trial_updates_u_and_reports_residuals(splits):
-    res = run_trial(dict(TINY, method="admm"), data=splits)
+def test_default_admm_trial_updates_u_and_reports_residuals(splits, tiny_dense_store):
+    res = run_trial(dict(TINY, method="admm"), data=splits, dense_store=tiny_dense_store)
     sparsify = [r for r in res.epochs if r["phase"] == "sparsify"]
+    assert len(sparsify) == TINY["sparsify_epochs"]
     assert all(math.isfinite(r["primal_residual"]) for r in sparsify)  # an update in every epoch
 
 
@@ -189,8 +185,8 @@ def test_rescale_dual_keeps_rho_times_u():
 
 # ------------------------------------------------------------------ 6: per-epoch val_acc with stale BN
 
-def test_every_per_epoch_accuracy_is_measured_after_bn_recalibration(splits):
-    res = run_trial(dict(TINY, method="magnitude", schedule="one_shot"), data=splits)
+def test_every_per_epoch_accuracy_is_measured_after_bn_recalibration(splits, tiny_dense_store):
+    res = run_trial(dict(TINY, method="magnitude", schedule="one_shot"), data=splits, dense_store=tiny_dense_store)
     s = res.summary
     last = {r["phase"]: r for r in res.epochs}  # the last row of each phase
     # the per-epoch number is the recalibrated one: the same figure as the stage metric measured right after
@@ -336,22 +332,18 @@ def test_a_busy_control_build_is_not_waited_for(tmp_path):
 
 # ------------------------------------------------------------------ 12: --data-dir never ignored
 
-def _train_cli(*args):
-    return subprocess.run([sys.executable, "-m", "trainables", "train", *args], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
-
-
-def test_trainables_data_dir_alone_reads_cifar10(tmp_path):
+def test_trainables_data_dir_alone_reads_cifar10(tmp_path, trainables_main):
     from tests.cifar_fixture import write_fake_cifar10
 
     write_fake_cifar10(str(tmp_path / "c"), n_train_per_batch=40, n_test=20)
-    r = _train_cli("--data-dir", str(tmp_path / "c"), "--width", "0.1", "--arch", "mobilenet_v3_small",
-                   "--dense-epochs", "0", "--sparsify-epochs", "1", "--finetune-epochs", "0", "--method",
-                   "magnitude", "--schedule", "one_shot", "--no-dense-control", "--json", "--max-threads", "1")
-    assert r.returncode == 0, r.stderr
+    code, stdout, stderr = trainables_main(
+        "train", "--data-dir", str(tmp_path / "c"), "--width", "0.1", "--arch", "mobilenet_v3_small",
+        "--dense-epochs", "0", "--sparsify-epochs", "1", "--finetune-epochs", "0", "--method", "magnitude",
+        "--schedule", "one_shot", "--no-dense-control", "--json", "--max-threads", "1")
+    assert code == 0, stderr
     import json
 
-    summary = json.loads(r.stdout)
+    summary = json.loads(stdout)
     assert summary["dataset"] == "cifar10" and summary["data_dir"] == str(tmp_path / "c")
 
 
@@ -359,16 +351,15 @@ def test_trainables_data_dir_alone_reads_cifar10(tmp_path):
     (["--data-dir", "/nonexistent/cifar"], "data_dir"),
     (["--data-dir", ".", "--dataset", "digits"], "data_dir"),
 ])
-def test_trainables_bad_data_dir_exits_2(args, field):
-    r = _train_cli(*args)
-    assert r.returncode == 2 and f"error: {field}" in r.stderr, r.stderr
+def test_trainables_bad_data_dir_exits_2(args, field, trainables_main):
+    code, _, stderr = trainables_main("train", *args)
+    assert code == 2 and f"error: {field}" in stderr, stderr
 
 
 @pytest.mark.parametrize("args", [["--data-dir", "/nonexistent/cifar"], ["--data-dir", ".", "--dataset", "digits"]])
-def test_sweep_bad_data_dir_exits_2(args, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "sweep", "run", "--local", "--storage", str(tmp_path), "--name", "x",
-                        *args], capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": ""})
-    assert r.returncode == 2 and "--data-dir" in r.stderr, r.stderr
+def test_sweep_bad_data_dir_exits_2(args, tmp_path, sweep_main):
+    code, _, stderr = sweep_main("run", "--local", "--storage", str(tmp_path), "--name", "x", *args)
+    assert code == 2 and "--data-dir" in stderr, stderr
     assert not (tmp_path / "x").exists()
 
 
