@@ -32,7 +32,8 @@ from trainables.config import all_fields, hyperparameter_fields
 
 # 2: hyperparameter columns generated from TrialConfig, dense control, mask_changes
 # 3: dense_distance, pre_prune_distance (how far the weights are from the sparse set before pruning)
-# 4: epochs.projected_val_acc (the early-stopping fidelity), trials.empty_layers (prunable layers pruned to zero)
+# 4: epochs.projected_val_acc (the early-stopping fidelity), trials.empty_layers (prunable layers pruned to zero),
+#    trials.model_bytes and dense_bytes (the final model's file)
 SCHEMA_VERSION = 4
 VERSION_KEY = b"prunesweep.schema_version"
 RESULTS_DIR = "results"
@@ -89,6 +90,10 @@ TRIALS = pa.schema(
         # prunable tensors with no nonzero weight left (a global set can empty a layer at high sparsity or
         # with ties: the network is then cut in two and its accuracy is chance; the report flags it)
         ("empty_layers", pa.int64()),
+        # the final model's file (results/models/..., trainables.model_file: bitmask + kept values) and the same
+        # model saved densely; model_bytes is measured even when the sweep keeps no file (--keep-models)
+        ("model_bytes", pa.int64()),
+        ("dense_bytes", pa.int64()),
         ("total_params", pa.int64()),  # every parameter of the model
         ("nonzero_params", pa.int64()),
         ("prunable_params", pa.int64()),
@@ -187,6 +192,14 @@ def table_dir(root: str, name: str) -> str:
 def trial_path(name: str, *, arch: str, method: str, trial_id: str) -> str:
     """One trial's file of table ``name``, relative to the experiment folder (the module docstring's layout)."""
     return posixpath.join(RESULTS_DIR, name, f"arch={arch}", f"method={method}", f"{trial_id}.parquet")
+
+
+MODELS = "models"  # results/models/arch=<arch>/method=<method>/<trial_id>.pt: each kept final model
+
+
+def model_path(*, arch: str, method: str, trial_id: str) -> str:
+    """One trial's final model file, relative to the experiment folder (beside its tables' files)."""
+    return posixpath.join(RESULTS_DIR, MODELS, f"arch={arch}", f"method={method}", f"{trial_id}.pt")
 
 
 def trial_file(root: str, name: str, *, arch: str, method: str, trial_id: str) -> tuple[pafs.FileSystem, str]:

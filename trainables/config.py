@@ -19,7 +19,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 ARCHS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
-DATASETS = ("cifar10", "digits", "synthetic")
+DATASETS = ("cifar10", "cifar100", "digits", "synthetic")
+# The dataset decides the classifier's outputs (ModelConfig.num_classes follows it; CIFAR-100: its 100 fine labels)
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10, "synthetic": 10}
+# The datasets that data_dir can give, and the folder of their python on-disk layout inside it
+DATA_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 METHODS = ("admm", "magnitude")
 SPARSITY_SETS = ("uniform", "global", "nm")
 MAGNITUDE_SCHEDULES = ("per_step", "one_shot", "gradual")
@@ -80,11 +84,14 @@ def _range(name: str, value: Any, lo: float, hi: float, *, lo_open=False, hi_ope
 
 @dataclass(frozen=True)
 class DataConfig:
-    # cifar10 (downloaded, or read from data_dir), digits (scikit-learn's, offline) or synthetic (tests)
+    # cifar10 or cifar100 (downloaded, or read from data_dir), digits (scikit-learn's, offline) or synthetic
+    # (tests)
     dataset: str = field(default="digits", metadata=DENSE)
-    # a folder in CIFAR-10's python layout (cifar-10-batches-py); only with dataset cifar10 (the CLIs imply it)
+    # a folder in the dataset's python layout (cifar-10-batches-py or cifar-100-python inside it), read without a
+    # download; only with dataset cifar10 or cifar100 (the CLIs imply cifar10 when no dataset is given)
     data_dir: str | None = field(default=None, metadata=DENSE)
-    # where cifar10 is downloaded; None: ~/.cache/prunesweep (the bytes are checksummed: not part of any key)
+    # where cifar10 and cifar100 are downloaded; None: ~/.cache/prunesweep (the bytes are checksummed: not part
+    # of any key)
     cache_dir: str | None = field(default=None, metadata=NOT_HP)
     # fraction of the training split held out for validation (tuning never sees the test split)
     val_fraction: float = field(default=0.1, metadata=DENSE)
@@ -106,22 +113,25 @@ class DataConfig:
         _range("synthetic_test", self.synthetic_test, 10, 10_000_000, kind=int)
         if self.limit_train is not None:
             _range("limit_train", self.limit_train, 20, 10_000_000, kind=int)
-        if self.data_dir is not None and self.dataset != "cifar10":
-            # a given option is never ignored: a folder of CIFAR-10 files with another dataset is a contradiction
-            raise ConfigError("data_dir", f"a CIFAR-10 folder was given but dataset is {self.dataset!r}: drop "
-                                          "data_dir or use dataset cifar10")
+        if self.data_dir is not None and self.dataset not in DATA_FOLDERS:
+            # a given option is never ignored: a folder of CIFAR files with another dataset is a contradiction
+            raise ConfigError("data_dir", f"a data folder was given but dataset is {self.dataset!r}: drop "
+                                          f"data_dir or use dataset {' or '.join(DATA_FOLDERS)}")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = field(default="mobilenet_v2", metadata=DENSE)  # a torchvision MobileNet adapted to 32x32
     width: float = field(default=1.0, metadata=DENSE)  # MobileNet width multiplier (torchvision's width_mult)
-    num_classes: int = field(default=10, metadata=DENSE)  # outputs of the classifier
+    # outputs of the classifier: the dataset's class count (None: taken from the dataset; a given value must
+    # equal it)
+    num_classes: int | None = field(default=None, metadata=DENSE)
 
     def validate(self) -> None:
         _choice("arch", self.arch)
         _range("width", self.width, 0.0, 4.0, lo_open=True)
-        _range("num_classes", self.num_classes, 2, 100_000, kind=int)
+        if self.num_classes is not None:
+            _range("num_classes", self.num_classes, 2, 100_000, kind=int)
 
 
 @dataclass(frozen=True)
@@ -234,6 +244,8 @@ class RunConfig:
     # also train (or fetch from the dense store) the dense control: the dense checkpoint trained on for
     # sparsify_epochs + finetune_epochs more with the dense recipe, so "dense" gets the same budget (rule 11)
     dense_control: bool = field(default=True, metadata=NOT_HP)
+    # write the final model (sparse encoding: results/models/.../<trial_id>.pt) beside the trial's tables
+    keep_model: bool = field(default=True, metadata=NOT_HP)
 
     def validate(self) -> None:
         _range("seed", self.seed, 0, 2**31 - 1, kind=int)
@@ -291,6 +303,13 @@ class TrialConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def __post_init__(self) -> None:
+        # the dataset decides the class count: an unset num_classes becomes it here, so to_dict, the dense key
+        # and the results hold the number of outputs the classifier really has (validate refuses a contradiction)
+        n = NUM_CLASSES.get(self.data.dataset)
+        if self.model.num_classes is None and n is not None:
+            object.__setattr__(self, "model", dataclasses.replace(self.model, num_classes=n))
+
     @classmethod
     def from_dict(cls, flat: Mapping[str, Any]) -> "TrialConfig":
         """Build and validate from a flat dict; unknown keys raise ConfigError naming them."""
@@ -315,6 +334,10 @@ class TrialConfig:
     def validate(self) -> None:
         for name in _SECTIONS:
             getattr(self, name).validate()
+        n = NUM_CLASSES[self.data.dataset]
+        if self.model.num_classes != n:
+            raise ConfigError("num_classes", f"{self.model.num_classes} contradicts dataset {self.data.dataset}, "
+                                             f"which has {n} classes: drop num_classes (the dataset sets it)")
 
     def dense_key(self, device: str = "cpu") -> str:
         """Identity of the dense checkpoint on a ``device`` type ("cpu" | "cuda"; it fixes the precision).

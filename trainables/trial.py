@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from results import schema, storage
+from trainables import model_file, progress
 from trainables.config import ConfigError, TrialConfig, precision
-from trainables import progress
 from trainables.data import Loader, Splits, load_splits
 from trainables.methods import (Dense, MaskedFinetune, PruningMethod, check_admm_schedule, check_gradual_schedule,
                                 make_method)
@@ -93,6 +93,7 @@ class TrialResult:
     epochs: list[dict] = field(default_factory=list)
     layers: list[dict] = field(default_factory=list)
     weights: list[dict] = field(default_factory=list)
+    model: bytes | None = None  # the final model file (trainables.model_file) when the trial keeps it
 
     def write(self, root: str, *, trial_id: str, experiment: str = "", extra: Mapping[str, Any] | None = None
               ) -> dict[str, str]:
@@ -104,6 +105,10 @@ class TrialResult:
         for name, rows in tables.items():
             rows = [dict(r, trial_id=trial_id) for r in rows]
             out[name] = schema.write_trial_table(root, name, rows, arch=arch, method=method, trial_id=trial_id)
+        if self.model is not None:
+            rel = schema.model_path(arch=arch, method=method, trial_id=trial_id)
+            storage.write_bytes(root, rel, self.model)
+            out["model"] = storage.join(root, rel)
         return out
 
 
@@ -644,9 +649,14 @@ class _Trial:
             "config_json": schema.dumps(cfg.to_dict()),
             "provenance_json": schema.dumps(provenance(self.device, self.data_given, self.runner)),
         }
+        model = None
+        if self.status == "ok":
+            model = model_file.encode(self.model, prunable=self.pnames, config=cfg.to_dict(),
+                                      trial_id=self.trial_id, mean=self.data.mean, std=self.data.std)
+            summary.update(model_bytes=len(model), dense_bytes=model_file.dense_nbytes(self.model))
         weights_rows = [dict(r, seed=cfg.run.seed) for r in self.weights]
         epochs = [dict(r) for r in self.epochs]
-        result = TrialResult(summary, epochs, layers, weights_rows)
+        result = TrialResult(summary, epochs, layers, weights_rows, model if cfg.run.keep_model else None)
         if self.on_result is not None:
             self.on_result(result)  # e.g. the sweep writes its Parquet tables before Tune may stop the trial
         if self.report is not None:
