@@ -259,3 +259,86 @@ def test_dense_histogram_is_of_the_trials_own_prunable_weights_when_the_dense_mo
     assert read.summary["prunable_params"] > built.summary["prunable_params"]  # the first conv is prunable
     for result in (built, read):  # each trial's stages histogram the same weights: its own prunable set
         assert stage_total(result, "dense") == stage_total(result, "final") == result.summary["prunable_params"]
+
+
+# -- the whole story through the CLI: killed, its checkpoint gone, resumed (item 1, end to end) ---------------
+SWEEP_CLI = ["--dataset", "synthetic", "--width", "0.1", "--dense-epochs", "1", "--sparsify-epochs", "2",
+             "--finetune-epochs", "2", "--cpus-per-trial", "1", "--gpus-per-trial", "0",
+             "--set", "synthetic_train=256", "--set", "synthetic_test=64", "--set", "batch_size=64",
+             "--set", "bn_recal_batches=2", "--set", "max_threads=1", "--set", "dense_control=false"]
+
+
+def saved_checkpoints(experiment) -> dict[str, str]:
+    """Trial id -> the checkpoint Tune's newest saved experiment state restores it from (unfinished trials)."""
+    import json
+
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    states = sorted(experiment.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        state = json.loads(states[-1].read_text())
+    except ValueError:  # caught mid-write
+        return {}
+    out = {}
+    for trial, metadata in state["trial_data"]:
+        t = json.loads(trial)
+        latest = _TrainingRunMetadata.from_json_state(metadata).checkpoint_manager.latest_checkpoint_result
+        if latest is not None and t["status"] not in ("TERMINATED", "ERROR"):
+            out[t["trial_id"]] = latest.checkpoint.path
+    return out
+
+
+@pytest.mark.slow
+def test_sweep_killed_with_its_checkpoint_gone_resumes_and_the_trial_matches_a_clean_run(tmp_path, tiny_splits):
+    import json
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pandas as pd
+    from optuna.trial import TrialState
+
+    from trainables.trial import run_trial
+
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "sweep", "run", "--space", "baseline", "--local", "--trials", "1",
+                             "--storage", str(tmp_path), "--name", "k", *SWEEP_CLI], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    experiment = tmp_path / "k"
+    deadline, saved = time.time() + 300, {}
+    while time.time() < deadline and not saved and proc.poll() is None:
+        saved = saved_checkpoints(experiment)
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray, no goodbye
+    proc.wait()
+    assert saved, "the sweep ended before Tune saved a checkpoint of a running trial: the test tests nothing"
+    (trial_id, checkpoint), = saved.items()
+    shutil.rmtree(checkpoint, ignore_errors=True)  # what num_to_keep did before the kill
+    r = subprocess.run([sys.executable, "-m", "sweep", "resume", "k", "--storage", str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = pd.read_parquet(experiment / "results" / "trials")
+    assert list(trials["trial_id"]) == [trial_id] and list(trials["status"]) == ["ok"], trials[["status", "error"]]
+    assert study_states(experiment) == [TrialState.COMPLETE]
+    # the restarted trial's numbers are a clean run's (trials are deterministic)
+    row = trials.iloc[0]
+    clean = run_trial(json.loads(row["config_json"]), data=None)
+    for key in ("dense_val_acc", "post_prune_val_acc", "final_val_acc", "achieved_sparsity"):
+        assert row[key] == pytest.approx(clean.summary[key], abs=1e-6), key
+    epochs = pd.read_parquet(experiment / "results" / "epochs").sort_values("epoch")
+    assert list(epochs["phase"]) == [e["phase"] for e in clean.epochs]
+    assert list(epochs["val_acc"]) == pytest.approx([e["val_acc"] for e in clean.epochs], abs=1e-6)
+    assert list(epochs["train_loss"]) == pytest.approx([e["train_loss"] for e in clean.epochs], abs=1e-6)
+
+
+def study_states(experiment, name="mobilenet_v2-magnitude"):
+    import optuna
+
+    from sweep.searcher import open_storage
+
+    storage = open_storage(str(experiment / "optuna.journal"))
+    return [t.state for t in optuna.load_study(study_name=name, storage=storage).trials]
