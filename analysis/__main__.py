@@ -1,4 +1,5 @@
 """``python -m analysis report EXPERIMENT [EXPERIMENT ...] [--out DIR] [--sparsity S] [--strict]``
+``python -m analysis export EXPERIMENT --arch A --method M --sparsity S [--seed K] --out FILE [--format pt|onnx]``
 
 An EXPERIMENT is a local experiment folder or an object-store URI (``s3://bucket/path``, with pyarrow's
 options such as ``?endpoint_override=host:port&scheme=http``), read where it is; several are merged into one
@@ -15,6 +16,7 @@ import os
 import posixpath
 import sys
 
+from .export import FORMATS, export_command
 from .importance import importance_data
 from .load import (ExperimentError, check_experiment, display_name, load_tables, read_sweep_options,
                    require_finished)
@@ -41,6 +43,17 @@ def _parser() -> argparse.ArgumentParser:
                           "(N:M 2:4 on MobileNetV2: about 0.47)")
     rep.add_argument("--strict", action="store_true", help="fail on the first unreadable results file")
     rep.add_argument("--no-importance", action="store_true", help="skip Optuna hyperparameter importance")
+    exp = sub.add_parser("export", help="the chosen configuration's pruned model as a standalone file "
+                                        "(torch.export program, or ONNX)")
+    exp.add_argument("experiment", metavar="EXPERIMENT", help="experiment folder or object-store URI")
+    exp.add_argument("--arch", required=True, help="architecture, e.g. mobilenet_v2")
+    exp.add_argument("--method", required=True, help="pruning method, e.g. admm")
+    exp.add_argument("--sparsity", type=float, required=True, help="comparison level, a fraction in [0, 1)")
+    exp.add_argument("--seed", type=int, help="which seed's model (default: the chosen configuration's lowest)")
+    exp.add_argument("--out", required=True, help="file to write (its folder must exist)")
+    exp.add_argument("--format", choices=FORMATS, default="pt",
+                     help="pt: a torch.export program (torch.export.load(FILE).module()); onnx: ONNX "
+                          "(input 'images', float NCHW in [0, 1], any batch) [default: pt]")
     return parser
 
 
@@ -107,11 +120,26 @@ def report_command(args) -> int:
     return 0
 
 
+def export(args) -> int:
+    if not 0.0 <= args.sparsity < 1.0:
+        raise ExperimentError(f"--sparsity: {args.sparsity} is not a fraction in [0, 1)")
+    experiment = check_experiment(args.experiment)
+    tables = load_tables([experiment])
+    options = read_sweep_options(experiment)
+    trials = with_sweep_seeds(tables.trials, {display_name(experiment): options.get("seeds")})
+    done = export_command(experiment, trials, arch=args.arch, method=args.method, sparsity=args.sparsity,
+                          seed=args.seed, out=args.out, fmt=args.format)
+    print(f"exported {args.arch} {args.method} at sparsity {args.sparsity:g}: trial {done['trial_id']} (seed "
+          f"{done['seed']}, final val acc {done['final_val_acc']:.4f}, test {done['final_test_acc']:.4f}) -> "
+          f"{done['out']} ({args.format})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     try:
-        return report_command(args)
+        return export(args) if args.command == "export" else report_command(args)
     except ExperimentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
