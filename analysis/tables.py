@@ -218,18 +218,28 @@ STATE_COLUMNS = [*GROUP, "config", "sparsity_level", "state", "seeds_ok", "seeds
                  "final_val_acc_mean", "trial_ids"]
 
 
-def _seed_statuses(group: pd.DataFrame, expected: set[int]) -> str:
+def _seed_statuses(pairs: list[tuple[int, str | None]], expected: set[int]) -> str:
     """``0 ok, 1 diverged, 2 not run``: each expected or seen seed and its rows' statuses."""
-    by_seed = group.groupby("seed")["status"].agg(lambda s: "+".join(sorted(set(s.fillna("running")))))
-    return ", ".join(f"{seed} {by_seed.get(seed, 'not run')}" for seed in sorted(expected | set(by_seed.index)))
+    by_seed: dict[int, set[str]] = {}
+    for seed, status in pairs:
+        by_seed.setdefault(seed, set()).add(status or "running")
+    return ", ".join(f"{seed} {'+'.join(sorted(by_seed[seed])) if seed in by_seed else 'not run'}"
+                     for seed in sorted(expected | set(by_seed)))
 
 
-def _expected_seeds(group: pd.DataFrame) -> set[int]:
-    """The seeds a configuration must have: those its rows ran, and the sweep's --seeds where known."""
-    seeds = {int(s) for s in group["seed"].dropna()}
-    for n in group.reindex(columns=[SWEEP_SEEDS])[SWEEP_SEEDS].dropna().unique():
-        seeds |= set(range(int(n)))
-    return seeds
+def _seed_rows(rows: pd.DataFrame) -> tuple[dict[str, list], dict[str, set[int]]]:
+    """Per configuration id: its rows' (seed, status) pairs, and the seeds it must have (those its rows ran,
+    and range(SWEEP_SEEDS) where the sweep's --seeds is known)."""
+    pairs: dict[str, list] = {}
+    expected: dict[str, set[int]] = {}
+    sweep = rows.reindex(columns=[SWEEP_SEEDS])[SWEEP_SEEDS]
+    for config, seed, status, n in zip(rows["config"], rows["seed"], rows["status"], sweep):
+        seed = -1 if pd.isna(seed) else int(seed)
+        pairs.setdefault(config, []).append((seed, status if isinstance(status, str) else None))
+        expected.setdefault(config, set()).add(seed)
+        if not pd.isna(n):
+            expected[config].update(range(int(n)))
+    return pairs, expected
 
 
 def config_states(trials: pd.DataFrame) -> pd.DataFrame:
@@ -241,19 +251,20 @@ def config_states(trials: pd.DataFrame) -> pd.DataFrame:
     cols = [*STATE_COLUMNS, *IDENTITY, *HYPERPARAMETERS]
     if rows.empty:
         return pd.DataFrame(columns=cols)
-    out = []
-    for _, group in rows.groupby([*GROUP, "config"], sort=True):
-        expected = _expected_seeds(group)
-        statuses = zip(group["seed"].fillna(-1).astype(int), group["status"].where(group["status"].notna(), None))
-        ok = group[group["status"] == "ok"]
-        out.append({**group.iloc[0].reindex([*GROUP, "config", *IDENTITY, *HYPERPARAMETERS]).to_dict(),
-                    "sparsity_level": group["sparsity_level"].dropna().iloc[0] if group["sparsity_level"].notna().any()
-                    else math.nan, "state": selection.config_state(statuses, expected),
-                    "seeds_ok": int(ok["seed"].nunique()), "seeds_expected": len(expected),
-                    "seed_statuses": _seed_statuses(group, expected),
-                    "final_val_acc_mean": float(ok["final_val_acc"].mean()) if len(ok) else math.nan,
-                    "trial_ids": ",".join(sorted(group["trial_id"].astype(str)))})
-    return pd.DataFrame(out, columns=cols)
+    pairs, expected = _seed_rows(rows)
+    out = rows.drop_duplicates("config").set_index("config").reindex(columns=[*GROUP, *IDENTITY, *HYPERPARAMETERS])
+    ok = rows[rows["status"] == "ok"].groupby("config")
+    out = out.assign(
+        sparsity_level=rows.dropna(subset=["sparsity_level"]).drop_duplicates("config")
+        .set_index("config")["sparsity_level"],
+        state=[selection.config_state(pairs[c], expected[c]) for c in out.index],
+        seeds_ok=ok["seed"].nunique(), seeds_expected=[len(expected[c]) for c in out.index],
+        seed_statuses=[_seed_statuses(pairs[c], expected[c]) for c in out.index],
+        final_val_acc_mean=ok["final_val_acc"].mean(),
+        trial_ids=rows.groupby("config")["trial_id"].agg(lambda s: ",".join(sorted(s.astype(str)))))
+    out["seeds_ok"] = out["seeds_ok"].fillna(0).astype(int)
+    out = out.reset_index().sort_values([*GROUP, "config"]).reset_index(drop=True)
+    return out[cols]
 
 
 def configs_not_chosen(trials: pd.DataFrame) -> pd.DataFrame:
