@@ -7,7 +7,7 @@ import argparse
 import os
 from typing import Any
 
-from trainables.config import ARCHS, DATASETS, ConfigError, TrialConfig, field_help, field_owners
+from trainables.config import ARCHS, DATA_FOLDERS, DATASETS, ConfigError, TrialConfig, field_help, field_owners
 
 from . import spaces as sp
 
@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset", default=None,
                      help=f"{' | '.join(DATASETS)}; default digits, or cifar10 when --data-dir is given")
     run.add_argument("--data-dir", default=None,
-                     help="a folder in CIFAR-10's python layout (no download); implies --dataset cifar10")
+                     help=f"a folder in the dataset's python layout ({' or '.join(DATA_FOLDERS.values())} inside "
+                          "it), read without a download; implies --dataset cifar10 unless --dataset is "
+                          f"{' or '.join(DATA_FOLDERS)}")
     run.add_argument("--trials", type=int, default=8, help="Optuna configurations per (arch, method) study")
     run.add_argument("--seeds", type=int, default=1, help="seeds per configuration (mean told to Optuna)")
     helps = field_help()  # the trial options' help is their field's comment in trainables/config.py
@@ -190,12 +192,12 @@ def base_config(args: argparse.Namespace) -> dict[str, Any]:
             "dense_epochs": args.dense_epochs, "sparsify_epochs": args.sparsify_epochs,
             "finetune_epochs": args.finetune_epochs}
     if args.data_dir:
-        if args.dataset not in (None, "cifar10"):
-            raise UsageError("--data-dir", f"a CIFAR-10 folder was given with --dataset {args.dataset}: drop one "
-                                           "(--data-dir implies --dataset cifar10)")
+        if base["dataset"] not in DATA_FOLDERS:
+            raise UsageError("--data-dir", f"a data folder was given with --dataset {args.dataset}: drop one "
+                                           f"(--data-dir goes with --dataset {' or '.join(DATA_FOLDERS)})")
         if not os.path.isdir(args.data_dir):
-            raise UsageError("--data-dir", f"{args.data_dir} is not a folder (expected CIFAR-10's python layout, "
-                                           "cifar-10-batches-py)")
+            raise UsageError("--data-dir", f"{args.data_dir} is not a folder (expected {base['dataset']}'s python "
+                                           f"layout, {DATA_FOLDERS[base['dataset']]} inside it)")
         base["data_dir"] = os.path.abspath(args.data_dir)
     return base
 

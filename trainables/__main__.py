@@ -67,8 +67,9 @@ def _flat(args: argparse.Namespace) -> dict:
     owners = C.field_owners()
     flat = {k: v for k, v in vars(args).items() if k in owners and v is not None}
     if flat.get("data_dir") is not None:
-        # a given option is never ignored: --data-dir means CIFAR-10 files (a conflicting --dataset is refused
-        # by the config with exit 2), and the folder is made absolute before anything reads it
+        # a given option is never ignored: --data-dir means CIFAR-10 files unless --dataset names another folder
+        # dataset (cifar100; a --dataset without one is refused by the config with exit 2), and the folder is
+        # made absolute before anything reads it
         flat.setdefault("dataset", "cifar10")
         flat["data_dir"] = os.path.abspath(flat["data_dir"])
     return flat

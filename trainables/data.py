@@ -15,14 +15,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trainables.config import DataConfig
+from trainables.config import DATA_FOLDERS, NUM_CLASSES, DataConfig
 
 log = logging.getLogger(__name__)
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# torchvision's commonly used CIFAR-100 training-set statistics (per channel, over all pixels), not recomputed here
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 _TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+# the files of each folder dataset's python layout (inside config.DATA_FOLDERS[dataset])
+_LAYOUT_FILES = {"cifar10": (*_TRAIN_BATCHES, "test_batch"), "cifar100": ("train", "test", "meta")}
 _SYNTHETIC_SEED = 1234  # fixed: the synthetic task is the same for every trial and call
 
 
@@ -51,30 +56,62 @@ class Splits:
     classes: tuple[str, ...]
 
 
-def _read_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+def _unpickle(path: str, what: str) -> dict:
+    """The pickled dict of a CIFAR python file; DataError naming ``path`` when it is missing or unreadable."""
     if not os.path.isfile(path):
-        raise DataError("data_dir", f"missing CIFAR-10 batch file {path}")
+        raise DataError("data_dir", f"missing {what} {path}")
     try:
         with open(path, "rb") as f:
             d = pickle.load(f, encoding="bytes")
+    except Exception as e:  # truncated or not a pickle: the same thing to the user
+        raise DataError("data_dir", f"corrupt or truncated {what} {path} ({type(e).__name__}: {e})") from e
+    if not isinstance(d, dict):
+        raise DataError("data_dir", f"corrupt {what} {path}: a {type(d).__name__}, not a pickled dict")
+    return d
+
+
+def _images_labels(d: dict, path: str, what: str, label_key: bytes, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 [N, 3, 32, 32], int64 [N]) from a CIFAR dict: b'data' rows are 1024 R, then G, then B values."""
+    try:
         data = np.asarray(d[b"data"], dtype=np.uint8)
-        labels = np.asarray(d[b"labels"], dtype=np.int64)
+        labels = np.asarray(d[label_key], dtype=np.int64)
         x = data.reshape(-1, 3, 32, 32)
-    except Exception as e:  # pickle, key and shape errors all mean the same thing to the user
-        raise DataError("data_dir", f"corrupt or truncated CIFAR-10 batch file {path} ({type(e).__name__}: {e}); "
-                        "expected a pickle dict with b'data' uint8 [N, 3072] and b'labels'") from e
-    if len(labels) != len(x) or (labels.size and (labels.min() < 0 or labels.max() > 9)):
-        raise DataError("data_dir", f"corrupt CIFAR-10 batch file {path}: labels do not match data (0..9)")
+    except Exception as e:  # key and shape errors all mean the same thing to the user
+        raise DataError("data_dir", f"corrupt or truncated {what} {path} ({type(e).__name__}: {e}); expected a "
+                                    f"pickle dict with b'data' uint8 [N, 3072] and {label_key!r}") from e
+    if len(labels) != len(x) or (labels.size and (labels.min() < 0 or labels.max() >= n_classes)):
+        raise DataError("data_dir", f"corrupt {what} {path}: labels do not match data (0..{n_classes - 1})")
     return x, labels
+
+
+def _read_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+    what = "CIFAR-10 batch file"
+    return _images_labels(_unpickle(path, what), path, what, b"labels", NUM_CLASSES["cifar10"])
+
+
+def _layout(dataset: str) -> str:
+    files = _LAYOUT_FILES[dataset]
+    return f"{DATA_FOLDERS[dataset]}/{', '.join(files[:-1])} and {files[-1]}"
+
+
+def _layout_folder(path: str, dataset: str) -> str:
+    """The folder holding ``dataset``'s python files: DATA_FOLDERS[dataset] inside ``path``, or ``path`` itself
+    when it holds them. DataError when neither (naming the layout expected)."""
+    sub = DATA_FOLDERS[dataset]
+    folder = os.path.join(path, sub)
+    if os.path.isdir(folder):
+        return folder
+    if not os.path.isdir(path):
+        raise DataError("data_dir", f"folder {path} does not exist (expected {sub} inside it: {_layout(dataset)})")
+    if not any(os.path.exists(os.path.join(path, f)) for f in _LAYOUT_FILES[dataset]):
+        raise DataError("data_dir", f"{path} has no {sub} folder (expected the python layout {_layout(dataset)} "
+                                    "inside it)")
+    return path
 
 
 def read_cifar10_folder(path: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(train_x, train_y, test_x, test_y) from a CIFAR-10 python folder or its parent; raises DataError."""
-    folder = os.path.join(path, "cifar-10-batches-py")
-    if not os.path.isdir(folder):
-        folder = path
-    if not os.path.isdir(folder):
-        raise DataError("data_dir", f"folder {path} does not exist (expected cifar-10-batches-py inside it)")
+    folder = _layout_folder(path, "cifar10")
     parts = [_read_batch(os.path.join(folder, b)) for b in _TRAIN_BATCHES]
     test_x, test_y = _read_batch(os.path.join(folder, "test_batch"))
     train_x = np.concatenate([p[0] for p in parts])
@@ -83,16 +120,42 @@ def read_cifar10_folder(path: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
             torch.from_numpy(test_y))
 
 
-def _load_cifar10(cfg: DataConfig):
-    if cfg.data_dir is not None:
-        return read_cifar10_folder(cfg.data_dir)
+def read_cifar100_folder(path: str) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[str, ...]]:
+    """(train_x, train_y, test_x, test_y, class names) from a CIFAR-100 python folder (cifar-100-python: train,
+    test, meta) or its parent; the labels are the 100 fine labels. Raises DataError naming the file at fault."""
+    n_classes = NUM_CLASSES["cifar100"]
+    folder = _layout_folder(path, "cifar100")
+    meta_path = os.path.join(folder, "meta")
+    names = _unpickle(meta_path, "CIFAR-100 meta file").get(b"fine_label_names")
+    if not isinstance(names, list) or len(names) != n_classes:
+        raise DataError("data_dir", f"corrupt CIFAR-100 meta file {meta_path}: expected b'fine_label_names', a "
+                                    f"list of {n_classes} names")
+    classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    out = []
+    for split in ("train", "test"):
+        what, path_ = f"CIFAR-100 {split} file", os.path.join(folder, split)
+        out += _images_labels(_unpickle(path_, what), path_, what, b"fine_labels", n_classes)
+    return (*(torch.from_numpy(a) for a in out), classes)
+
+
+def _download(dataset: str, cfg: DataConfig) -> str:
+    """Download ``dataset`` through torchvision (which verifies its md5 checksums); returns the root folder."""
     import torchvision  # only here: the download path
 
     root = cfg.cache_dir or os.path.expanduser("~/.cache/prunesweep")
-    log.info("downloading CIFAR-10 into %s (md5 verified by torchvision)", root)
-    torchvision.datasets.CIFAR10(root=root, train=True, download=True)
-    torchvision.datasets.CIFAR10(root=root, train=False, download=True)
-    return read_cifar10_folder(root)
+    log.info("downloading %s into %s (md5 verified by torchvision)", dataset, root)
+    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[dataset]
+    cls(root=root, train=True, download=True)
+    cls(root=root, train=False, download=True)
+    return root
+
+
+def _load_cifar10(cfg: DataConfig):
+    return read_cifar10_folder(cfg.data_dir if cfg.data_dir is not None else _download("cifar10", cfg))
+
+
+def _load_cifar100(cfg: DataConfig):
+    return read_cifar100_folder(cfg.data_dir if cfg.data_dir is not None else _download("cifar100", cfg))
 
 
 def _load_digits():
@@ -137,19 +200,28 @@ def _channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(f.mean((0, 2, 3)).tolist()), tuple(f.std((0, 2, 3)).clamp_min(1e-3).tolist())
 
 
-def load_splits(cfg: DataConfig) -> Splits:
-    """Load ``cfg.dataset`` and carve the validation split (seeded by split_seed). Raises DataError."""
+# the published per-channel statistics of a dataset; the others are measured on their training split
+_NORMALISATION = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD)}
+
+
+def _load(cfg: DataConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[str, ...]]:
+    """(train_x, train_y, test_x, test_y, class names) of ``cfg.dataset``, before the validation split."""
     if cfg.dataset == "cifar10":
-        tx, ty, ex, ey = _load_cifar10(cfg)
-        mean, std, classes = CIFAR10_MEAN, CIFAR10_STD, CIFAR10_CLASSES
-    elif cfg.dataset == "digits":
-        tx, ty, ex, ey = _load_digits()
-        classes = tuple(str(i) for i in range(10))
-    elif cfg.dataset == "synthetic":
-        tx, ty, ex, ey = _load_synthetic(cfg)
-        classes = tuple(f"class{i}" for i in range(10))
-    else:
-        raise DataError("dataset", f"{cfg.dataset!r} is not one of cifar10, digits, synthetic")
+        return (*_load_cifar10(cfg), CIFAR10_CLASSES)
+    if cfg.dataset == "cifar100":
+        return _load_cifar100(cfg)
+    if cfg.dataset == "digits":
+        return (*_load_digits(), tuple(str(i) for i in range(10)))
+    if cfg.dataset == "synthetic":
+        return (*_load_synthetic(cfg), tuple(f"class{i}" for i in range(10)))
+    raise DataError("dataset", f"{cfg.dataset!r} is not one of {', '.join(NUM_CLASSES)}")
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    """Load ``cfg.dataset`` and carve the validation split (seeded by split_seed, not stratified: the same rule
+    for every dataset). Raises DataError."""
+    tx, ty, ex, ey, classes = _load(cfg)
+    assert len(classes) == NUM_CLASSES[cfg.dataset], (cfg.dataset, len(classes))  # the head's size comes from there
     n_val = round(cfg.val_fraction * len(tx))
     if n_val < 1 or n_val >= len(tx):
         raise DataError("val_fraction", f"{cfg.val_fraction} leaves {n_val} of {len(tx)} images for validation")
@@ -158,8 +230,7 @@ def load_splits(cfg: DataConfig) -> Splits:
     if cfg.limit_train is not None:
         train = train[: cfg.limit_train]
     train_x = tx[train].contiguous()
-    if cfg.dataset != "cifar10":
-        mean, std = _channel_stats(train_x)
+    mean, std = _NORMALISATION.get(cfg.dataset) or _channel_stats(train_x)
     return Splits(train_x, ty[train].long(), tx[val].contiguous(), ty[val].long(), ex.contiguous(),
                   ey.long(), tuple(mean), tuple(std), cfg.dataset, classes)
 
