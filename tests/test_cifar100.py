@@ -117,6 +117,18 @@ def test_a_folder_without_the_layout_names_it(tmp_path):
         load_splits(DataConfig(dataset="cifar100", data_dir=str(tmp_path / "nope")))
 
 
+def test_the_download_lands_where_the_reader_looks():
+    """The download path (no network here): torchvision's CIFAR100 writes the layout read_cifar100_folder reads."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    from trainables.config import DATA_FOLDERS
+
+    assert CIFAR100.base_folder == DATA_FOLDERS["cifar100"] and CIFAR10.base_folder == DATA_FOLDERS["cifar10"]
+    assert [f for f, _ in CIFAR100.train_list + CIFAR100.test_list] + [CIFAR100.meta["filename"]] == \
+        list(CIFAR100_FILES)
+    assert CIFAR100.meta["key"] == "fine_label_names"
+
+
 def test_the_dataset_decides_the_class_count():
     assert TrialConfig.from_dict({"dataset": "cifar100"}).model.num_classes == 100
     assert TrialConfig.from_dict({"dataset": "cifar100"}).to_dict()["num_classes"] == 100
