@@ -17,6 +17,7 @@ import contextlib
 import io
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from typing import Callable, Iterator
@@ -27,6 +28,7 @@ THIRD_PARTY = ("ray", "optuna", "py.warnings", "filelock", "urllib3", "botocore"
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _active: LogSink | None = None
+_saved: dict[str, tuple[list, bool]] = {}  # the third-party loggers' own handlers, put back when quiet() ends
 
 
 class LogSink(logging.Handler):
@@ -107,11 +109,11 @@ def quiet(verbose: bool) -> Iterator[LogSink | None]:
     if verbose:
         yield None
         return
-    import optuna  # noqa: F401 - both install their own handlers on import: ours must replace them afterwards
-    import ray  # noqa: F401
-
+    # Ray and Optuna are NOT imported here (a refused run must answer without them, issue 16); both install
+    # their own handlers when imported later: claim() points their loggers back at the sink then
     sink = LogSink()
-    saved = {name: _swap(logging.getLogger(name), [sink], False) for name in THIRD_PARTY}
+    _saved.clear()
+    _saved.update({name: _swap(logging.getLogger(name), [sink], False) for name in THIRD_PARTY})
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         logging.captureWarnings(True)
@@ -122,9 +124,21 @@ def quiet(verbose: bool) -> Iterator[LogSink | None]:
             _active = None
             _forward_worker_output(None)
             logging.captureWarnings(False)
-            for name, state in saved.items():
+            for name, state in _saved.items():
                 _swap(logging.getLogger(name), *state)
             sink.close()
+
+
+def claim() -> None:
+    """Call right after importing Ray or Optuna: their loggers go to the active sink again (each installs its
+    own handler on import). Does nothing without a quiet console (-v, or outside ``python -m sweep``)."""
+    if _active is None:
+        return
+    for name in THIRD_PARTY:
+        logger = logging.getLogger(name)
+        if logger.handlers != [_active]:  # installed since quiet() began: these are the ones to put back
+            handlers, _ = _swap(logger, [_active], False)
+            _saved[name] = ([h for h in handlers if not isinstance(h, LogSink)], _saved[name][1])
 
 
 def _swap(logger: logging.Logger, handlers: list, propagate: bool) -> tuple[list, bool]:
@@ -154,6 +168,8 @@ def _forward_worker_output(sink: LogSink | None) -> None:
     to ``sink`` instead of the console (None: Ray's printer again). Ray's dispatcher of worker output is
     private API (ray 2.60: ``ray._private.ray_logging.global_worker_stdstream_dispatcher``); where it is
     missing this does nothing and ``streams()`` still catches what is printed while Tune runs."""
+    if "ray" not in sys.modules:
+        return  # Ray never started here (a refused run): nothing forwards, and importing it would cost ~1 s
     try:
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
         from ray._private.worker import print_to_stdstream, print_worker_logs

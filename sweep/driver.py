@@ -109,6 +109,8 @@ def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str
     from .ray_tune import EndWriter, MissingCheckpoints, TrialContext, start_dense_store, sweep_trainable
     from .searcher import MultiStudySearcher, StudySpec
 
+    console.claim()  # Optuna's and Tune's imports installed their own log handlers
+
     storage, name = options["storage"], options["name"]
     experiment = experiment_path(storage, name)
     console.attach(experiment, write)  # the quiet console's log file (python -m sweep without -v)
@@ -163,6 +165,11 @@ def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str
     del dense_store
     if interrupted.is_set():
         raise Interrupted(name, storage)
+    if options.get("keep_models", "all") == "chosen":
+        from .keep import keep_chosen_models
+
+        kept, deleted = keep_chosen_models(experiment)
+        write(f"models: kept the chosen configurations' {kept} (--keep-models chosen), deleted {deleted} others")
     write(summarize(experiment))
     return experiment
 

@@ -14,6 +14,9 @@ from . import spaces as sp
 JOURNAL = "optuna.journal"
 OPTIONS_FILE = "sweep.json"
 SCHEDULERS = ("none", "asha")
+# which final models a sweep keeps (results/models/..., trainables.model_file): every ok trial's; only the
+# chosen configurations' seeds (at each arch, method and level: the rest are deleted when the sweep ends); none
+KEEP_MODELS = ("chosen", "all", "none")
 SAMPLERS = ("tpe", "gp", "nsga2")  # Optuna samplers by name (sweep.searcher.make_sampler builds them)
 
 
@@ -56,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sampler", default="tpe", help=f"Optuna sampler, one of: {', '.join(SAMPLERS)} [default: tpe]")
     run.add_argument("--scheduler", default="none", help=f"trial scheduler, one of: {', '.join(SCHEDULERS)} "
                      "(asha: single-objective spaces with fixed epoch counts only) [default: none]")
+    run.add_argument("--keep-models", default="chosen", help=f"final models kept, one of: {', '.join(KEEP_MODELS)} "
+                     "(chosen: each chosen configuration's seeds, the rest deleted when the sweep ends; all: "
+                     "every ok trial's, about 15-20%% of a dense model's bytes each at sparsity 0.9) "
+                     "[default: chosen]")
     run.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from checkpoint")
     run.add_argument("--max-concurrent", type=int, default=0, help="0: as many as resources allow")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -127,7 +134,10 @@ def validate_run(args: argparse.Namespace) -> tuple[sp.Space, list[str], dict[st
         raise UsageError("--sampler", f"{args.sampler!r} is not one of {', '.join(SAMPLERS)}")
     if args.scheduler not in SCHEDULERS:
         raise UsageError("--scheduler", f"{args.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    if args.keep_models not in KEEP_MODELS:
+        raise UsageError("--keep-models", f"{args.keep_models!r} is not one of {', '.join(KEEP_MODELS)}")
     base = base_config(args)
+    base["keep_model"] = args.keep_models != "none"
     fixed_by_set = parse_set(args.set)
     base.update(fixed_by_set)
     space = without_params(space, set(fixed_by_set))  # --set wins over the space: that key is not searched

@@ -14,6 +14,10 @@ log = logging.getLogger(__name__)
 def init_ray(local: bool) -> None:
     import ray
 
+    from . import console
+
+    console.claim()  # Ray's import installed its own log handler: the quiet console's file takes it back
+
     if ray.is_initialized():
         return
     if local:

@@ -85,3 +85,32 @@ def test_two_seed_asha_sweep_resumes_after_a_kill_and_optuna_agrees_with_the_tab
             first = epochs[epochs["trial_id"].isin(ids) & (epochs["phase"] == "sparsify")
                            & (epochs["phase_epoch"] == 1)]
             assert len(first) == 2 and value == pytest.approx(first["projected_val_acc"].mean())
+
+    # --keep-models chosen (the default): the chosen configuration's seeds keep their models, nobody else; each
+    # loads with the accuracy its trial recorded, also for trials that ran across the kill
+    import torch
+
+    from analysis.tables import annotate, best_configs
+    from results import schema
+    from trainables.config import TrialConfig
+    from trainables.data import Loader, load_splits
+    from trainables.model_file import load_model
+
+    from analysis.load import load_tables
+
+    table = load_tables([str(exp)]).trials
+    rows = annotate(table)
+    best = best_configs(table, 0.5)
+    assert len(best) == 2
+    chosen = set(rows.merge(best[["arch", "method", "config"]])["trial_id"])
+    kept = {p.stem for p in (exp / "results" / "models").rglob("*.pt")}
+    assert kept == chosen and len(kept) == 4
+    data = load_splits(TrialConfig.from_dict(json.loads(trials["config_json"].iloc[0])).data)
+    for _, row in trials[trials["trial_id"].isin(kept)].iterrows():
+        path = exp / schema.model_path(arch=row["arch"], method=row["method"], trial_id=row["trial_id"])
+        model, _ = load_model(path.read_bytes())
+        loader = Loader(data.val_x, data.val_y, batch_size=256, shuffle=False, augment=False, mean=data.mean,
+                        std=data.std)
+        with torch.no_grad():
+            correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in loader.batches(0))
+        assert correct / len(data.val_y) == row["final_val_acc"]

@@ -101,3 +101,17 @@ def test_onnx_export_runs_in_onnx_runtime_with_pytorchs_outputs(experiment, tmp_
     got = session.run(["logits"], {"images": x.numpy()})[0]
     want = with_normalization(model, meta["mean"], meta["std"])(x).detach().numpy()
     assert abs(got - want).max() < 1e-4
+
+
+def test_keep_models_chosen_deletes_all_but_the_chosen_configurations_models(experiment, tmp_path):
+    import shutil
+
+    from sweep.keep import keep_chosen_models
+
+    root, _, results = experiment
+    copy = tmp_path / "exp"
+    shutil.copytree(root, copy)
+    assert keep_chosen_models(str(copy)) == (1, 1)
+    left = sorted(p.stem for p in (copy / "results" / "models").rglob("*.pt"))
+    assert left == [_chosen(results)]
+    assert keep_chosen_models(str(copy)) == (1, 0)  # idempotent: a resumed sweep ends the same way

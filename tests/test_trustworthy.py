@@ -249,7 +249,8 @@ OTHER = {"dataset": "digits", "data_dir": None, "cache_dir": "/x", "val_fraction
          "admm_interval": 0.5, "admm_interval_unit": "epoch", "sparsify_epochs": 3, "finetune_epochs": 3,
          "optimizer": "sgd", "lr": 0.01, "momentum": 0.5, "weight_decay": 1e-3, "lr_schedule": "cosine",
          "finetune_lr_scale": 0.5, "label_smoothing": 0.1, "bn_recal_batches": 1, "seed": 3, "device": "cpu",
-         "eval_test": False, "max_threads": 1, "dense_control": False}
+         "eval_test": False, "max_threads": 1, "dense_control": False,
+         "keep_model": False}
 
 
 def test_every_field_is_classified():

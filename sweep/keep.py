@@ -1,0 +1,40 @@
+"""``--keep-models chosen``: when a sweep ends, the final models of the chosen configurations stay and the rest
+are deleted (each ok trial writes its model as it finishes: which configuration is chosen is known only at the
+end). Chosen means what the report and ``python -m analysis export`` mean: the shared rule
+(results.selection, DESIGN rule 15) at each arch, method and comparison level, on validation accuracy."""
+
+from __future__ import annotations
+
+from results import schema, storage
+
+
+def keep_chosen_models(experiment: str) -> tuple[int, int]:
+    """Delete every model file of ``experiment`` except the chosen configurations' seeds; (kept, deleted)."""
+    from analysis.load import ExperimentError, display_name, load_tables, read_sweep_options
+    from analysis.tables import annotate, best_configs, with_sweep_seeds
+
+    try:
+        tables = load_tables([experiment])
+    except ExperimentError:
+        return 0, 0  # no results yet: nothing to keep or delete
+    seeds = {display_name(experiment): read_sweep_options(experiment).get("seeds")}
+    trials = with_sweep_seeds(tables.trials, seeds)
+    if trials.empty:
+        return 0, 0
+    rows = annotate(trials)
+    chosen: set[str] = set()
+    for level in sorted(rows["sparsity_level"].dropna().astype(float).unique()):
+        for _, best in best_configs(trials, level).iterrows():
+            same = (rows["arch"] == best["arch"]) & (rows["method"] == best["method"]) & (rows["config"] == best["config"])
+            chosen |= set(rows.loc[same, "trial_id"])
+    kept = deleted = 0
+    for _, row in rows[rows["status"] == "ok"].iterrows():
+        rel = schema.model_path(arch=row["arch"], method=row["method"], trial_id=row["trial_id"])
+        if not storage.exists(experiment, rel):
+            continue
+        if row["trial_id"] in chosen:
+            kept += 1
+        else:
+            storage.delete(experiment, rel)
+            deleted += 1
+    return kept, deleted
