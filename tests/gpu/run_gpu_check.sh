@@ -3,7 +3,7 @@
 # network. Python: the repo's .venv where it runs there, else the machine's python3 (which must hold torch,
 # torchvision, numpy, pandas, pyarrow, pytest; without Ray and Optuna the sweep test skips, saying so).
 # It runs, in this order, each under a hard time limit:
-#   1. python -m trainables.bench --device cuda   (every GPU figure, saved to $OUT/bench.json after each
+#   1. python -m bench --device cuda              (every GPU figure, saved to $OUT/bench.json after each
 #      section: train img/s vs a bare loop, step ratios, the 2:4 latency table, 1/2/4 packed trials, the seed
 #      estimate, torch.compile last)
 #   2. python -m pytest tests/gpu                 (trials per method and set, no host sync per step, also after
@@ -53,8 +53,8 @@ PY
 cat "$OUT/env.txt"
 
 rm -f "$OUT/bench.json"
-echo "== 1/2: python -m trainables.bench --device cuda (limit ${BENCH_TIMEOUT}s)"
-timeout -k 15 "$BENCH_TIMEOUT" "$PY" -m trainables.bench --device cuda --json "$OUT/bench.json" \
+echo "== 1/2: python -m bench --device cuda (limit ${BENCH_TIMEOUT}s)"
+timeout -k 15 "$BENCH_TIMEOUT" "$PY" -m bench --device cuda --json "$OUT/bench.json" \
     --compile-timeout 120 --pack-timeout 90 2>&1 | tee "$OUT/bench.log"
 BENCH_RC=${PIPESTATUS[0]}
 

@@ -19,11 +19,11 @@ import pandas as pd
 import pytest
 import torch
 
+from bench.semistructured import latency_rows, prune_2to4_
 from trainables.config import TrialConfig
 from trainables.data import Loader, load_splits
 from trainables.methods import Dense
 from trainables.models import build_model
-from trainables.semistructured import latency_rows, prune_2to4_
 from trainables.trial import (FileDenseStore, _bn_buffers, _Trial, evaluate, evaluate_recalibrated, recalibrate_bn,
                               run_trial, train_epoch)
 
@@ -238,7 +238,7 @@ def _bench_figures() -> dict:
     if path:  # run_gpu_check.sh ran the full bench first: read its figures rather than measure twice
         assert os.path.exists(path), f"{path} missing: the bench did not finish (see bench.log beside it)"
         return json.load(open(path))
-    r = subprocess.run([sys.executable, "-m", "trainables.bench", "--device", "cuda", "--quick", "--json"],
+    r = subprocess.run([sys.executable, "-m", "bench", "--device", "cuda", "--quick", "--json"],
                        capture_output=True, text=True, timeout=280, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-4000:]
     return json.loads(r.stdout)

@@ -1,4 +1,4 @@
-"""python -m sweep.bench: how much of a sweep's wall time is spent inside its trials.
+"""python -m bench.sweep: how much of a sweep's wall time is spent inside its trials.
 
 A benchmark, not a test. It runs the same N tiny trials twice:
 
@@ -117,7 +117,7 @@ def import_sweep_modules() -> float:
     import optuna  # noqa: F401
     from ray import tune  # noqa: F401
 
-    from . import ray_tune, searcher  # noqa: F401
+    from sweep import ray_tune, searcher  # noqa: F401
     return time.perf_counter() - t
 
 
@@ -134,7 +134,7 @@ def run_sweep_timed(argv: list[str]) -> tuple[float, float, float, str]:
     """(seconds, start, end as time.time(), experiment folder) of ``sweep.run_sweep(argv)``, Ray started."""
     import contextlib
 
-    from . import run_sweep
+    from sweep import run_sweep
 
     start, t = time.time(), time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # Tune's banners: keep stdout for the figures (--json)
@@ -238,7 +238,7 @@ def render(f: dict[str, Any]) -> str:
 
     share_t, over_t = f["target_share"], f["target_overhead_s"]
     lines = [
-        f"sweep.bench: {f['trials']} trials, max concurrent {f['concurrent']} (1 CPU, 1 thread per trial); "
+        f"bench.sweep: {f['trials']} trials, max concurrent {f['concurrent']} (1 CPU, 1 thread per trial); "
         f"{f['cpus']} CPUs, load average before/after {' / '.join(f'{x:.2f}' for x in f['load_average'])}",
         f"fixed: import Ray Tune + Optuna    {f['import_s']:7.2f} s  (info)",
         f"fixed: Ray start-up (ray.init)     {f['ray_start_s']:7.2f} s  (info)",
@@ -287,7 +287,7 @@ def render(f: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sweep.bench", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.sweep", description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=4, help="N trials in each run")
     ap.add_argument("--concurrent", type=int, default=1,
                     help="--max-concurrent of the sweep (back to back stays sequential; the share divides by it)")
