@@ -7,6 +7,7 @@ Helpers that are not fixtures live in tests/helpers.py (TINY, its CLI form) and 
 
 import logging
 import os
+import warnings
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
@@ -84,19 +85,44 @@ def _cli(monkeypatch, module: str):
 
     main = importlib.import_module(module).main
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    progress = logging.getLogger("sweep.progress")
-    saved = (list(progress.handlers), progress.propagate, progress.level)
 
     def run(*argv: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
+        saved = _logging_state()
         try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 code = main(list(argv))
         except SystemExit as exc:  # argparse: --help (0) and its own usage errors (2)
             code = exc.code if isinstance(exc.code, int) else 1
         finally:
-            progress.handlers[:] = saved[0]
-            progress.propagate, progress.level = saved[1], saved[2]
+            _restore_logging(saved)
         return code, out.getvalue(), err.getvalue()
 
     return run
+
+
+def _logging_state() -> dict:
+    """Handlers, level, propagate and disabled of every logger: a CLI's main configures logging for a process
+    of its own (sweep.progress to stdout, Ray's and Optuna's loggers quietened), which must not outlive it here."""
+    loggers = [logging.getLogger()] + [v for v in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(v, logging.Logger)]
+    return {lg: (list(lg.handlers), lg.level, lg.propagate, lg.disabled) for lg in loggers}
+
+
+def _restore_logging(saved: dict) -> None:
+    for lg in [logging.getLogger()] + [v for v in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(v, logging.Logger)]:
+        if lg in saved:
+            handlers, lg.level, lg.propagate, lg.disabled = saved[lg]
+            lg.handlers[:] = handlers
+        else:  # created by the command: leave it, minus any handler bound to the captured streams
+            lg.handlers[:] = []
+            lg.propagate = True
+    logging.Logger.manager._clear_cache()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist with ``--dist loadgroup``, the tests on the shared Ray run in one worker (one Ray)."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ray"))
