@@ -23,7 +23,7 @@ from .load import (ExperimentError, check_experiment, display_name, load_tables,
 from .report import (build_report, figure_bytes, latex_notes, render_html, render_latex, render_markdown,
                      table_caption)
 from .summary import search_info
-from .tables import with_sweep_seeds
+from .tables import confirm_seeds, with_sweep_seeds
 
 log = logging.getLogger("analysis")
 
@@ -112,7 +112,8 @@ def report_command(args) -> int:
     options = [read_sweep_options(e) for e in exps]
     search = search_info(options)
     # the sweep's --seeds: a configuration is judged on all of them (results.selection, DESIGN rule 15)
-    tables.trials = with_sweep_seeds(tables.trials, {display_name(e): o.get("seeds") for e, o in zip(exps, options)})
+    tables.trials = with_sweep_seeds(tables.trials, {display_name(e): o.get("seeds") for e, o in zip(exps, options)},
+                                     {display_name(e): confirm_seeds(o) for e, o in zip(exps, options)})
     report = build_report(tables, args.sparsity, importances, search)
     write_report(report, out)
     print(f"report: {os.path.join(out, 'report.html')} ({len(tables.trials)} trials, "

@@ -235,6 +235,8 @@ def show_summary(summary: pd.DataFrame) -> Display:
         (T_INTERVAL, lambda r: interval(r["ci95_lo"], r["ci95_hi"], "fewer than 2 paired seeds: no interval")),
         (SIGN_FLIP_P, lambda r: p_value(r["p_value"], "fewer than 2 paired seeds: no test")),
         ("Paired seeds", lambda r: count(r["n_pairs"])), ("Verdict", _verdict_text)]
+    if summary.reindex(columns=["judged_on"])["judged_on"].fillna("").astype(str).ne("").any():  # a confirmation
+        spec.insert(2, ("Judged on", lambda r: r["judged_on"] or "the tuning seeds"))
     return render(summary, spec)
 
 
@@ -384,6 +386,8 @@ def _accuracies(row: dict) -> str:
 
 def _answer(row: dict) -> Answer:
     where = f"{row['arch']} at {_pct(row['sparsity_level'])} sparsity"
+    if isinstance(row.get("judged_on"), str) and row["judged_on"]:  # which seeds: confirmation or tuning
+        where += f", judged on {row['judged_on']}"
     verdict, leader = row["verdict"], row.get("leader") or ""
     caution = row["caution"] or ""
     if verdict == "one method":

@@ -20,6 +20,8 @@ import pandas as pd
 
 from trainables.config import METHODS
 
+from results import selection
+
 from . import significance as SIG
 from . import tables as T
 
@@ -131,17 +133,16 @@ def _not_ok_caution(accounts: pd.DataFrame) -> str:
 ADMM_UNCONVERGED_SHARE = 0.25
 
 
-def _admm_caution(trials: pd.DataFrame, row: dict, table: pd.DataFrame) -> str:
+def _admm_caution(trials: pd.DataFrame, row: dict, ids: set[str]) -> str:
     """Words when ADMM did not converge in the configuration chosen at ``row``'s level: in most of its seeds
     the weights right before the hard projection were still more than ADMM_UNCONVERGED_SHARE of the dense
     model's squared distance from the sparse set (``pre_prune_distance / dense_distance``). Then the
     projection did much of the pruning, and the row compares "ADMM-regularised training, then magnitude
-    projection" with the baseline rather than converged ADMM. ``table``: the row's comparison table."""
+    projection" with the baseline rather than converged ADMM. ``ids``: the trials the row judges."""
     if "pre_prune_distance" not in trials.columns or "dense_distance" not in trials.columns:
         return ""
-    chosen = table[(table["row"] == "pruned") & (table["method"] == "admm")]
-    ids = {i for i in ",".join(chosen["trial_ids"]).split(",") if i}
     mine = T.ok_trials(trials)
+    mine = mine[mine["method"] == "admm"]
     mine = mine[mine["trial_id"].isin(ids) & (mine["arch"] == row["arch"]) & (mine["dense_distance"] > 0)]
     share = (mine["pre_prune_distance"] / mine["dense_distance"]).dropna()
     if share.empty:
@@ -155,11 +156,9 @@ def _admm_caution(trials: pd.DataFrame, row: dict, table: pd.DataFrame) -> str:
             "projection did much of the pruning (see ADMM convergence)")
 
 
-def _control(trials: pd.DataFrame, row: dict, table: pd.DataFrame) -> tuple[float, float]:
+def _control(trials: pd.DataFrame, row: dict, ids: set[str]) -> tuple[float, float]:
     """The dense control's test accuracy (mean, sample std) over the paired seeds of ``row``, for the
-    configurations chosen at its level (``table``: the row's comparison table); NaN when missing or when
-    they use more than one dense recipe."""
-    ids = ",".join(table.loc[table["row"] == "pruned", "trial_ids"]).split(",")
+    trials the row judges (``ids``); NaN when missing or when they use more than one dense recipe."""
     ok = T.with_control(T.ok_trials(trials))
     chosen = ok[ok["trial_id"].isin(ids) & (ok["arch"] == row["arch"])
                 & ok["seed"].astype(str).isin(str(row["seeds"]).split(","))]
@@ -172,7 +171,7 @@ def _control(trials: pd.DataFrame, row: dict, table: pd.DataFrame) -> tuple[floa
 
 
 SUMMARY_COLUMNS = [
-    "arch", "sparsity_level", f"achieved_sparsity_{FIRST}", f"achieved_sparsity_{SECOND}",
+    "arch", "sparsity_level", "stage", "judged_on", f"achieved_sparsity_{FIRST}", f"achieved_sparsity_{SECOND}",
     *(f"final_test_acc_{m}_{k}" for m in (FIRST, SECOND) for k in ("mean", "std")),
     "control_test_acc_mean", "control_test_acc_std", "mean_diff", "ci95_lo", "ci95_hi", "p_value", "test",
     "t_p_value", "seeds_needed", "n_pairs", "seeds", "pairs_lost", "leader", "verdict", f"configurations_{FIRST}", f"configurations_{SECOND}", "methods", "caution"]
@@ -208,27 +207,80 @@ def _unpaired_rows(trials: pd.DataFrame, paired: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def summary_table(trials: pd.DataFrame, search: Search = Search()) -> pd.DataFrame:
-    """One row per (arch, comparison level): both methods' final test accuracy over the paired seeds, the
-    dense control's, the paired difference (first minus second, fractions) with its 95% interval and
-    p-value, the leader and verdict (:func:`_verdict`), configurations per study, and a one-line caution
-    where the evidence is thin (few seeds, a study smaller than the sampler's random start, trials that did
-    not finish) or the ADMM of the row did not converge (:func:`_admm_caution`). Rows where only one method
-    finished say so. Empty frame without ok trials."""
-    paired = T.paired_comparison(trials, FIRST, SECOND)
-    accounts = T.accounting(trials)
+def _ids(text: str) -> set[str]:
+    return {i for i in str(text or "").split(",") if i}
+
+
+def _confirmation_caution(trials: pd.DataFrame, row: dict) -> str:
+    """Words when a chosen configuration's confirmation did not complete every confirmation seed
+    (``CONFIRM_SEEDS``, from sweep.json; results.selection.config_state judges it as the tuning does)."""
+    rows = T.annotate(trials[trials["arch"] == row["arch"]])
+    rows = rows[T.trial_stage(rows) == T.CONFIRMATION]
+    best = T.best_configs(trials[trials["arch"] == row["arch"]], row["sparsity_level"])
+    words = []
+    for b in best.to_dict("records"):
+        mine = rows[(rows["method"] == b["method"]) & (rows["config"] == b["config"])]
+        expected = {int(x) for x in ",".join(mine.reindex(columns=[T.CONFIRM_SEEDS])[T.CONFIRM_SEEDS].dropna()
+                                             .astype(str)).split(",") if x}
+        pairs = [(int(seed), status) for seed, status in zip(mine["seed"], mine["status"])]
+        state = selection.config_state(pairs, expected)
+        if state != selection.COMPLETE:
+            ok = sorted({seed for seed, status in pairs if status == "ok"})
+            words.append(f"{b['method']}'s confirmation is {state} ({len(ok)} of "
+                         f"{len(expected | {seed for seed, _ in pairs})} seeds ok)")
+    return ("confirmation not finished: " + ", ".join(words)) if words else ""
+
+
+def _judged_on(stage: str, seeds: str, confirmed: bool) -> str:
+    """Which seeds a summary row judges on (words for the answer and the table)."""
+    if stage == T.CONFIRMATION:
+        return f"confirmation seeds {seeds.replace(',', ', ')}, not used to choose"
+    return "the tuning seeds it was chosen on (optimistic)" if confirmed else ""
+
+
+def _stage_rows(trials: pd.DataFrame, stage: str, search: Search, confirmed: set) -> list[dict]:
+    """The summary rows of one stage (:func:`summary_table`); ``confirmed``: the (arch, level) pairs that
+    have a confirmation row."""
+    paired = T.paired_comparison(trials, FIRST, SECOND, stage=stage)
+    tuning_accounts = T.accounting(T.stage_trials(trials))
+    accounts = T.accounting(T.stage_trials(trials, stage))
     rows = []
     for row in paired.to_dict("records"):
-        mine = accounts[accounts["arch"] == row["arch"]]
-        configs = dict(zip(mine["method"], mine["configurations"].astype(int)))
+        configs = tuning_accounts[tuning_accounts["arch"] == row["arch"]]
+        configs = dict(zip(configs["method"], configs["configurations"].astype(int)))
         leader, verdict = _verdict(row)
-        table = T.comparison_table(trials[trials["arch"] == row["arch"]], row["sparsity_level"])
-        mean, std = _control(trials, row, table)
+        ids = _ids(row["trial_ids"])
+        mean, std = _control(trials, row, ids)
         cautions = [_seed_caution(row["n_pairs"]), _pairs_caution(row), _search_caution(configs, search),
-                    _not_ok_caution(mine), _admm_caution(trials, row, table)]
+                    _not_ok_caution(accounts[accounts["arch"] == row["arch"]]), _admm_caution(trials, row, ids),
+                    _confirmation_caution(trials, row) if stage == T.CONFIRMATION else ""]
         rows.append({**row, "control_test_acc_mean": mean, "control_test_acc_std": std, "leader": leader,
                      "verdict": verdict, **{f"configurations_{m}": configs.get(m, 0) for m in (FIRST, SECOND)},
-                     "methods": f"{FIRST},{SECOND}", "caution": CAUTION_SEPARATOR.join(c for c in cautions if c)})
-    rows += _unpaired_rows(trials, paired)
+                     "methods": f"{FIRST},{SECOND}", "caution": CAUTION_SEPARATOR.join(c for c in cautions if c),
+                     "judged_on": _judged_on(stage, row["seeds"],
+                                             (row["arch"], row["sparsity_level"]) in confirmed)})
+    return rows
+
+
+def summary_table(trials: pd.DataFrame, search: Search = Search()) -> pd.DataFrame:
+    """One row per (arch, comparison level) and stage: both methods' final test accuracy over the paired
+    seeds, the dense control's, the paired difference (first minus second, fractions) with its 95% interval
+    and p-value, the leader and verdict (:func:`_verdict`), configurations per study, and a one-line caution
+    where the evidence is thin (few seeds, a study smaller than the sampler's random start, trials that did
+    not finish, a confirmation not finished) or the ADMM of the row did not converge (:func:`_admm_caution`).
+    Rows where only one method finished say so. Empty frame without ok trials.
+
+    Stages: the configurations are always chosen on the tuning rows. Where both chosen configurations ran
+    on confirmation seeds (python -m sweep confirm), the ``confirmation`` row (judged on those seeds only:
+    no optimism from choosing the best of many on the same seeds) comes first and is the answer; the
+    ``tuning`` row (judged on the seeds it was chosen on) stays beside it. ``judged_on`` says which seeds."""
+    confirmation = _stage_rows(trials, T.CONFIRMATION, search, set()) \
+        if (T.trial_stage(trials) == T.CONFIRMATION).any() else []
+    confirmed = {(r["arch"], r["sparsity_level"]) for r in confirmation}
+    tuning = _stage_rows(trials, T.TUNING, search, confirmed)
+    rows = confirmation + tuning + _unpaired_rows(trials, pd.DataFrame(tuning, columns=["arch", "sparsity_level"]))
     table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    return table.sort_values(["arch", "sparsity_level"], kind="stable").reset_index(drop=True)
+    table["stage"] = T.trial_stage(table)  # the rows where one method finished are the tuning stage's
+    order = table["stage"].map({T.CONFIRMATION: 0}).fillna(1)
+    return (table.assign(_o=order).sort_values(["arch", "sparsity_level", "_o"], kind="stable")
+            .drop(columns="_o").reset_index(drop=True))

@@ -43,6 +43,13 @@ CONFIG_COLUMNS = (*GROUP, *HYPERPARAMETERS, *IDENTITY)
 # Optional trials column: the sweep's --seeds for the row's experiment (sweep.json), added by the report;
 # without it a configuration's seeds are those its rows ran (results.selection.config_state)
 SWEEP_SEEDS = "sweep_seeds"
+# Optional trials column: the confirmation seeds of the row's experiment (sweep.json "confirm": {"seeds"}), as
+# "5,6,7": the seeds a chosen configuration's confirmation must have (python -m sweep confirm)
+CONFIRM_SEEDS = "confirm_seeds"
+# A row's stage (results.schema.TRIAL_STAGES): every table chooses and reports on the TUNING rows (selection
+# on seeds the confirmation never touches); only paired_comparison(stage=CONFIRMATION) and the summary read
+# the confirmation rows, of the configurations the tuning chose
+TUNING, CONFIRMATION = schema.TUNING, schema.CONFIRMATION
 # The recipe of the dense control, without the seed: the dense recipe plus the epochs trained beyond it.
 CONTROL_COLUMNS = ("arch", *(c for c in dense_fields() if c in HYPERPARAMETERS), "sparsify_epochs",
                    "finetune_epochs")
@@ -93,13 +100,34 @@ def _experiment(trials: pd.DataFrame) -> pd.Series:
     return cols["experiment_dir"].fillna(cols["experiment"]).fillna("").astype(str)
 
 
-def with_sweep_seeds(trials: pd.DataFrame, seeds: dict[str, int | None]) -> pd.DataFrame:
+def with_sweep_seeds(trials: pd.DataFrame, seeds: dict[str, int | None],
+                     confirm: dict[str, list[int] | None] | None = None) -> pd.DataFrame:
     """``trials`` with SWEEP_SEEDS: the --seeds of each row's experiment (``seeds``: experiment folder as in
     ``experiment_dir`` -> sweep.json's "seeds", None when unknown), so a configuration whose seeds have not
-    all written a row yet (still running, never started) is incomplete, not complete with fewer seeds."""
+    all written a row yet (still running, never started) is incomplete, not complete with fewer seeds; and
+    CONFIRM_SEEDS from ``confirm`` (experiment -> sweep.json's "confirm" "seeds"; see :func:`confirm_seeds`)."""
     known = {k: int(v) for k, v in seeds.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0}
-    column = trials.reindex(columns=["experiment_dir"])["experiment_dir"].map(known)
-    return trials.assign(**{SWEEP_SEEDS: pd.to_numeric(column, errors="coerce")})
+    column = trials.reindex(columns=["experiment_dir"])["experiment_dir"]
+    listed = {k: ",".join(str(int(x)) for x in v) for k, v in (confirm or {}).items() if v}
+    return trials.assign(**{SWEEP_SEEDS: pd.to_numeric(column.map(known), errors="coerce"),
+                            CONFIRM_SEEDS: column.map(listed)})
+
+
+def confirm_seeds(options: dict) -> list[int] | None:
+    """The confirmation seeds a sweep's ``sweep.json`` options record ("confirm": {"seeds": [...]}), or None."""
+    seeds = (options.get("confirm") or {}).get("seeds") if isinstance(options.get("confirm"), dict) else None
+    return [int(s) for s in seeds] if isinstance(seeds, list) and seeds else None
+
+
+def trial_stage(trials: pd.DataFrame) -> pd.Series:
+    """Each row's stage: its ``stage`` column, TUNING where null or missing (older results)."""
+    stage = trials.reindex(columns=["stage"])["stage"].astype(object)
+    return stage.where(stage.notna(), TUNING).astype(str)
+
+
+def stage_trials(trials: pd.DataFrame, stage: str = TUNING) -> pd.DataFrame:
+    """The rows of one stage (TUNING: also rows without a stage)."""
+    return trials[trial_stage(trials) == stage]
 
 
 def _fill_by(kind: pd.Series, groups: pd.Series) -> pd.Series:
@@ -246,8 +274,8 @@ def config_states(trials: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration over ALL its rows (every status, every experiment): its state under the
     shared rule (``results.selection.config_state``: complete, diverged, stopped, incomplete), ok and
     expected seed counts, each seed's status, its mean final val accuracy over the ok seeds, its
-    comparison level, device type and precision, and every hyperparameter."""
-    rows = annotate(trials)
+    comparison level, device type and precision, and every hyperparameter. Tuning rows only (TUNING)."""
+    rows = stage_trials(annotate(trials))
     cols = [*STATE_COLUMNS, *IDENTITY, *HYPERPARAMETERS]
     if rows.empty:
         return pd.DataFrame(columns=cols)
@@ -285,8 +313,8 @@ def config_summary(trials: pd.DataFrame) -> pd.DataFrame:
     """One row per (arch, method, configuration) with ok trials: comparison level, mean achieved sparsity, mean
     val/test final accuracy over its ok seeds, n (ok) seeds, trial ids, its ``state`` under the shared rule
     (:func:`config_states`; only ``complete`` ones can be chosen), seeds expected, every hyperparameter, the
-    device type and precision."""
-    rows = annotate(trials)
+    device type and precision. Tuning rows only (TUNING)."""
+    rows = stage_trials(annotate(trials))
     ok = rows[rows["status"] == "ok"]
     head = [*GROUP, "config", "sparsity_level", "achieved_sparsity_mean", "n_seeds", "final_val_acc_mean",
             "final_test_acc_mean", "trial_ids", "state", "seeds_expected"]
@@ -318,11 +346,11 @@ def best_configs(trials: pd.DataFrame, sparsity: float | None = None) -> pd.Data
     return summary.groupby(list(GROUP), sort=True).head(1).reset_index(drop=True)
 
 
-def _ok_annotated(trials: pd.DataFrame) -> pd.DataFrame:
-    """The ok rows of ``trials``, annotated over every row (so a configuration's id never depends on which
-    of its rows are in the frame)."""
+def _ok_annotated(trials: pd.DataFrame, stage: str = TUNING) -> pd.DataFrame:
+    """The ok rows of ``trials`` of one stage, annotated over every row (so a configuration's id never depends
+    on which of its rows are in the frame)."""
     rows = annotate(trials)
-    return rows[rows["status"] == "ok"]
+    return rows[(rows["status"] == "ok") & (trial_stage(rows) == stage)]
 
 
 def _selected(ok: pd.DataFrame, best_row) -> pd.DataFrame:
@@ -499,7 +527,9 @@ def _picked_seeds(ok: pd.DataFrame, best: pd.DataFrame, method: str) -> pd.DataF
     if b.empty:
         return None
     sel = _selected(ok, b.iloc[0])
-    return sel.groupby("seed")[["final_test_acc", "achieved_sparsity"]].mean()
+    return sel.groupby("seed").agg(final_test_acc=("final_test_acc", "mean"),
+                                   achieved_sparsity=("achieved_sparsity", "mean"),
+                                   trial_ids=("trial_id", lambda s: ",".join(sorted(s.astype(str)))))
 
 
 def _pairs_lost(picked: dict[str, pd.DataFrame]) -> str:
@@ -512,7 +542,8 @@ def _pairs_lost(picked: dict[str, pd.DataFrame]) -> str:
 PAIRED_STATS = ["mean_diff", "ci95_lo", "ci95_hi", "p_value", "test", "t_p_value", "seeds_needed", "note"]
 
 
-def paired_comparison(trials: pd.DataFrame, first: str = "admm", second: str = "magnitude") -> pd.DataFrame:
+def paired_comparison(trials: pd.DataFrame, first: str = "admm", second: str = "magnitude",
+                      stage: str = TUNING) -> pd.DataFrame:
     """``first`` minus ``second`` final TEST accuracy at each comparison level per arch, paired by seed.
 
     Each method contributes its best COMPLETE configuration at that level (chosen on validation,
@@ -520,14 +551,18 @@ def paired_comparison(trials: pd.DataFrame, first: str = "admm", second: str = "
     The pairs are the seeds both chosen configurations completed (``pairs_lost``: the seeds only one has).
     Reports the level, each side's mean achieved sparsity, n pairs, each side's final test accuracy (mean,
     std) over the paired seeds (so the two means differ by exactly ``mean_diff``), and :func:`paired_stats`.
-    ``trials``: every row, any status.
+    ``stage``: whose rows are judged. The configurations are always chosen on the TUNING rows; with
+    CONFIRMATION the pairs are those chosen configurations' confirmation seeds (python -m sweep confirm), and
+    a level has a row only where both have some. ``trial_ids``: the judged rows. ``trials``: every row, any
+    status.
     """
     ok = _ok_annotated(trials)
+    judged = ok if stage == TUNING else _ok_annotated(trials, stage)
     rows = []
     for (arch, level), _ in ok.groupby(["arch", "sparsity_level"], sort=True):
         best = best_configs(trials[trials["arch"] == arch], level)
-        picked = {m: _picked_seeds(ok, best, m) for m in (first, second)}
-        if any(p is None for p in picked.values()):
+        picked = {m: _picked_seeds(judged, best, m) for m in (first, second)}
+        if any(p is None or p.empty for p in picked.values()):
             continue
         pairs = pd.concat({m: p["final_test_acc"] for m, p in picked.items()}, axis=1, join="inner").dropna()
         diff = (pairs[first] - pairs[second]).to_numpy(float)
@@ -536,10 +571,12 @@ def paired_comparison(trials: pd.DataFrame, first: str = "admm", second: str = "
                      **{f"achieved_sparsity_{m}": float(picked[m]["achieved_sparsity"].mean()) for m in picked},
                      "comparison": f"{first} - {second}", "split": "test", "n_pairs": len(diff),
                      "seeds": ",".join(str(s) for s in pairs.index), "pairs_lost": _pairs_lost(picked), **accs,
-                     **paired_stats(diff)})
+                     **paired_stats(diff), "stage": stage,
+                     "trial_ids": ",".join(sorted(i for m in picked for i in picked[m]["trial_ids"]))})
     cols = ["arch", "sparsity_level", f"achieved_sparsity_{first}", f"achieved_sparsity_{second}", "comparison",
             "split", "n_pairs", "seeds", "pairs_lost",
-            *(f"final_test_acc_{m}_{k}" for m in (first, second) for k in ("mean", "std")), *PAIRED_STATS]
+            *(f"final_test_acc_{m}_{k}" for m in (first, second) for k in ("mean", "std")), *PAIRED_STATS,
+            "stage", "trial_ids"]
     return pd.DataFrame(rows, columns=cols)
 
 

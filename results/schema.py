@@ -33,7 +33,7 @@ from trainables.config import all_fields, hyperparameter_fields
 # 2: hyperparameter columns generated from TrialConfig, dense control, mask_changes
 # 3: dense_distance, pre_prune_distance (how far the weights are from the sparse set before pruning)
 # 4: epochs.projected_val_acc (the early-stopping fidelity), trials.empty_layers (prunable layers pruned to zero),
-#    trials.model_bytes and dense_bytes (the final model's file)
+#    trials.model_bytes and dense_bytes (the final model's file), trials.stage (tuning | confirmation)
 SCHEMA_VERSION = 4
 VERSION_KEY = b"prunesweep.schema_version"
 RESULTS_DIR = "results"
@@ -43,6 +43,11 @@ SPLITS = ("val", "test")
 # A trial's status: ok; diverged (NaN/inf loss or weights, DESIGN rule 8); failed (an exception, after retries);
 # stopped (ended early by a scheduler such as ASHA). sweep.outcome.trial_status decides which.
 STATUSES = ("ok", "diverged", "failed", "stopped")
+# A trial's stage: tuning (a trial of the search: Optuna chose it) or confirmation (a chosen configuration run
+# again on seeds the tuning never used, by `python -m sweep confirm`: never told to Optuna, never part of the
+# choice). Rows without a stage (schema 2 and 3, trials outside a sweep) are tuning rows.
+TUNING, CONFIRMATION = "tuning", "confirmation"
+TRIAL_STAGES = (TUNING, CONFIRMATION)
 
 # accuracy stages, in trial order; "control" is the dense control (DESIGN rule 11): the dense checkpoint trained
 # as many epochs more as the pruned models, with the dense recipe
@@ -68,6 +73,7 @@ TRIALS = pa.schema(
         ("space", pa.string()),
         ("seed", pa.int64()),
         ("status", pa.string()),  # one of STATUSES
+        ("stage", pa.string()),  # one of TRIAL_STAGES; null (older files): tuning
         ("error", pa.string()),  # why a trial failed or diverged, "" when ok
     ]
     # the hyperparameters, one column per TrialConfig field (null where the other method's: rho for magnitude)
@@ -230,7 +236,7 @@ def file_version(metadata: Mapping[bytes, bytes] | None) -> int | None:
 
 # Older versions that differ from the current one only by columns added since: a file of one of them is read
 # with those columns null (no value is reinterpreted). Version 2 lacks dense_distance and pre_prune_distance,
-# version 3 lacks projected_val_acc and empty_layers.
+# version 3 lacks projected_val_acc and empty_layers; files written before trials.stage lack it (null: tuning).
 READABLE_VERSIONS = (2, 3, SCHEMA_VERSION)
 
 

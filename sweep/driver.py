@@ -2,20 +2,23 @@
 the final summary. Public API (stable; the cluster tests call it with Ray already initialised)::
 
     run_sweep(argv: list[str]) -> str
-        argv as on the command line, starting with "run" or "resume" (e.g. ["run", "--space", "admm", ...]);
+        argv as on the command line, starting with "run", "resume" or "confirm" (e.g. ["run", "--space", ...]);
         returns the experiment folder (absolute path or URI). Raises UsageError (option, message) on bad input
         before Ray trials start. Uses the running Ray instance when ray.is_initialized(); otherwise --local
         starts one here and no --local joins address="auto". Raises Interrupted after a Ctrl-C.
 
 Experiment folder ``<storage>/<name>``: Tune's state, ``optuna.journal`` (one study per (arch, method)),
 ``results/`` (Parquet), ``dense/`` (shared dense models and dense controls), ``sweep.json`` (the options;
-resume reads it).
+resume reads it). ``resume --trials N`` (a longer search) runs a fresh Tuner whose state lives in
+``extend-<k>/`` (sweep.json ``tune_dir``: where a later plain resume restores Tune from); ``confirm`` runs in
+``confirm/`` (sweep.confirm).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -41,7 +44,11 @@ def run_sweep(argv: list[str], *, write: Callable[[str], None] | None = None) ->
         return start(args, write)
     if args.command == "resume":
         return resume(args, write)
-    raise UsageError("command", "run_sweep takes run or resume")
+    if args.command == "confirm":
+        from .confirm import confirm
+
+        return confirm(args, write)
+    raise UsageError("command", "run_sweep takes run, resume or confirm")
 
 
 def start(args: argparse.Namespace, write: Callable[[str], None]) -> str:
@@ -62,32 +69,72 @@ def start(args: argparse.Namespace, write: Callable[[str], None]) -> str:
     experiment = experiment_path(storage, name)
     options = {**vars(args), "storage": storage, "name": name, "gpus_per_trial": gpus, "archs": archs,
                "base": base, "optuna_storage": JOURNAL}
-    from results.storage import write_bytes
-
-    write_bytes(experiment, OPTIONS_FILE, json.dumps(options, indent=1, sort_keys=True).encode())
+    write_options(experiment, options)
     return launch(options, space, resume=False, write=write, splits=splits)
 
 
-def resume(args: argparse.Namespace, write: Callable[[str], None]) -> str:
+def read_options(args: argparse.Namespace) -> tuple[str, dict]:
+    """(experiment folder, sweep.json's options) of the sweep ``args.name`` in ``args.storage``; UsageError
+    naming NAME when there is none. Before Ray: an unreachable storage is a usage error at once."""
     from results.storage import read_bytes
 
-    validate_resume(args)
-    storage = check_storage_here(args.storage)  # before Ray: an unreachable storage is a usage error at once
+    storage = check_storage_here(args.storage)
     experiment = experiment_path(storage, args.name)
     raw = read_bytes(experiment, OPTIONS_FILE)
     if raw is None:
-        raise UsageError("name", f"no sweep {args.name!r} in {storage} (no {OPTIONS_FILE})")
-    options = json.loads(raw)
-    # what the resume command gives wins; what it does not give is what the sweep ran with
+        raise UsageError("NAME", f"no sweep {args.name!r} in {storage} (no {OPTIONS_FILE})")
+    return experiment, json.loads(raw)
+
+
+def write_options(experiment: str, options: dict) -> None:
+    """sweep.json, atomically (results.storage.write_bytes)."""
+    from results.storage import write_bytes
+
+    write_bytes(experiment, OPTIONS_FILE, json.dumps(options, indent=1, sort_keys=True).encode())
+
+
+def with_overrides(options: dict, args: argparse.Namespace) -> dict:
+    """What the command gives wins; what it does not give is what the sweep ran with (not written back)."""
+    out = dict(options)
     for key in ("local", "gpus_per_trial", "cpus_per_trial"):
         if getattr(args, key) is not None:
-            options[key] = getattr(args, key)
-    init_ray(bool(options.get("local")))
-    check_resources(options["cpus_per_trial"], options["gpus_per_trial"], local=bool(options.get("local")))
+            out[key] = getattr(args, key)
+    return out
+
+
+def extended(options: dict, space: sp.Space, more: int) -> dict:
+    """The options of a longer search: ``more`` configurations per study on top of the planned total, run by a
+    fresh Tuner in its own folder (``tune_dir``: extend-1, extend-2, ...). UsageError for a grid space."""
+    if space.grid:
+        raise UsageError("--trials", f"space {space.name!r} is a grid (one configuration per study): there is "
+                                     "nothing more to search")
+    k = int(str(options.get("tune_dir") or "extend-0").rpartition("-")[2]) + 1
+    return {**options, "trials": int(options["trials"]) + more, "tune_dir": f"extend-{k}"}
+
+
+def tune_folder(experiment: str, options: dict) -> str:
+    """Where Tune's state of the sweep's current run lives: the experiment folder, or its longer search's."""
+    return experiment_path(experiment, options["tune_dir"]) if options.get("tune_dir") else experiment
+
+
+def resume(args: argparse.Namespace, write: Callable[[str], None]) -> str:
+    validate_resume(args)
+    experiment, options = read_options(args)
     space = without_params(sp.load_space(options["space"]), set(parse_set(options["set"])))
+    if args.trials is not None:
+        options = extended(options, space, args.trials)
+    run_options = with_overrides(options, args)
+    init_ray(bool(run_options.get("local")))
+    check_resources(run_options["cpus_per_trial"], run_options["gpus_per_trial"], local=bool(run_options.get("local")))
+    if args.trials is not None:
+        # persisted before any trial: a killed longer search continues with a plain resume, to the new total
+        write_options(experiment, options)
+        write(f"a longer search: {options['trials']} configurations per study (Tune state in {options['tune_dir']}/)")
+        return launch(run_options, space, resume=False, write=write)
+    options = run_options
     from .searcher import tune_trial_ids
 
-    if tune_trial_ids(experiment) is None:
+    if tune_trial_ids(tune_folder(experiment, options)) is None:
         # killed during start-up, before Tune saved any state: start Tune afresh on the same Optuna studies
         log.warning("no Tune state in %s yet: starting its trials afresh (the Optuna studies are kept)", experiment)
         return launch(options, space, resume=False, write=write)
@@ -101,77 +148,123 @@ def resume(args: argparse.Namespace, write: Callable[[str], None]) -> str:
 RESUME = {"resume_unfinished": True, "resume_errored": False, "restart_errored": False}
 
 
-def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str], None], splits=None) -> str:
-    """Build the Tuner (or restore it), run it, print the summary; returns the experiment folder."""
+@dataclasses.dataclass
+class Run:
+    """What every Tune run of a sweep shares (its trials, a longer search's, a confirmation's)."""
+
+    experiment: str
+    trainable: Any  # the sweep trainable with its data, context and resources
+    context: Any  # sweep.ray_tune.TrialContext
+    dense_store: Any  # the DenseStoreActor's handle: it must live as long as the run
+
+
+def prepare(options: dict, space: sp.Space, write: Callable[[str], None], splits=None) -> Run:
+    """The log file, the data (once), the dense store and the trainable of a sweep's Tune run."""
     from ray import tune
 
-    from .progress import LiveTable
-    from .ray_tune import EndWriter, MissingCheckpoints, TrialContext, start_dense_store, sweep_trainable
-    from .searcher import MultiStudySearcher, StudySpec
+    from .ray_tune import TrialContext, start_dense_store, sweep_trainable
 
     console.claim()  # Optuna's and Tune's imports installed their own log handlers
-
-    storage, name = options["storage"], options["name"]
-    experiment = experiment_path(storage, name)
+    name = options["name"]
+    experiment = experiment_path(options["storage"], name)
     console.attach(experiment, write)  # the quiet console's log file (python -m sweep without -v)
-    base = options["base"]
     if splits is None:
-        splits = load_data(base, options["archs"][0])  # once per sweep
+        splits = load_data(options["base"], options["archs"][0])  # once per sweep
     actor_name = f"dense-store-{name}"
     # the handle must live as long as the sweep: a non-detached actor dies with its last handle
     dense_store = start_dense_store(actor_name, experiment)  # dense/builds.json: its build counts
     ctx = TrialContext(experiment=experiment, name=name, space=space.name, dense_actor=actor_name)
     trainable = tune.with_resources(tune.with_parameters(sweep_trainable, data=splits, context=ctx),
                                     {"cpu": options["cpus_per_trial"], "gpu": options["gpus_per_trial"]})
-    total = len(options["archs"]) * len(space.methods) * (1 if space.grid else options["trials"]) * options["seeds"]
-    callbacks = [MissingCheckpoints(), EndWriter(ctx), LiveTable(total=total)]
-    if resume:
-        tuner = tune.Tuner.restore(experiment, trainable, **RESUME)
-    else:
-        studies = [StudySpec(f"{arch}-{m}", {**base, "arch": arch, "method": m},
-                             functools.partial(sp.suggest, space=space, method=m),
-                             ("final_val_acc", "achieved_sparsity") if space.searches_sparsity(m)
-                             else ("final_val_acc",), study_attrs(space, arch, m, base))
-                   for arch in options["archs"] for m in space.methods]
-        trials = 1 if space.grid else options["trials"]
-        searcher = MultiStudySearcher(experiment_path(experiment, JOURNAL), studies, trials=trials,
-                                      seeds=options["seeds"], sampler=options["sampler"],
-                                      max_concurrent=options["max_concurrent"])
-        searcher.reconcile(set())  # a new Tune run knows no trial: seeds handed out before (if any) run again
-        scheduler = None
-        if options["scheduler"] == "asha":
-            from .scheduler import ConfigurationASHA
+    return Run(experiment, trainable, ctx, dense_store)
 
-            # rungs per study, a configuration's seeds decided together, on projected_val_acc (DESIGN rule 14);
-            # max_t: the reports of one trial (docs/ARCHITECTURE.md), from the resolved trial config
-            scheduler = ConfigurationASHA(max_t=asha_max_t(space, options["archs"], base), grace_period=1,
-                                          seeds=options["seeds"], experiment=experiment)
-        total = len(studies) * trials * options["seeds"]
-        tuner = tune.Tuner(
-            trainable,
-            # reuse_actors: every trial asks for the same resources, and a fresh worker process per trial
-            # (torch import, cold start) cost ~5 s per trial here (python -m sweep.bench: 0.65 -> 0.88 of
-            # the sweep's wall time inside trials); run_trial reseeds and sets threads on each trial
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=total,
-                                        reuse_actors=True,
-                                        trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(
-                storage_path=storage, name=name, callbacks=callbacks, verbose=0,
-                failure_config=tune.FailureConfig(max_failures=options["max_failures"]),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
-        )
+
+def run_config(options: dict, run: Run, callbacks: list, *, storage_path: str, name: str):
+    """Tune's RunConfig of a sweep's run (its folder: storage_path/name)."""
+    from ray import tune
+
+    return tune.RunConfig(storage_path=storage_path, name=name, callbacks=callbacks, verbose=0,
+                          failure_config=tune.FailureConfig(max_failures=options["max_failures"]),
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+
+
+def fit(tuner, options: dict, again: str = "") -> None:
+    """Run the Tuner; Interrupted after a Ctrl-C (``again``: the command that continues it, default resume)."""
     with interruptible() as interrupted, console.streams():
         tuner.fit()
-    del dense_store
     if interrupted.is_set():
-        raise Interrupted(name, storage)
+        raise Interrupted(options["name"], options["storage"], again)
+
+
+def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str], None], splits=None) -> str:
+    """Build the Tuner (or restore it), run it, print the summary; returns the experiment folder."""
+    from ray import tune
+
+    run = prepare(options, space, write, splits)
+    total = len(options["archs"]) * len(space.methods) * (1 if space.grid else options["trials"]) * options["seeds"]
+    folder = tune_folder(run.experiment, options)
+    if resume:  # Tune restores its callbacks (tuner.pkl) and our searcher (from the Optuna storage)
+        tuner = tune.Tuner.restore(folder, run.trainable, **RESUME)
+    else:
+        tuner = new_tuner(options, space, run, folder, total)
+    fit(tuner, options)
+    del run
+    finish(experiment_path(options["storage"], options["name"]), options, write)
+    return experiment_path(options["storage"], options["name"])
+
+
+def new_tuner(options: dict, space: sp.Space, run: Run, folder: str, total: int):
+    """A fresh Tuner over the sweep's Optuna studies (a new sweep, a longer search, or a resume of a run
+    killed before Tune saved its state), with its Tune state in ``folder``."""
+    from ray import tune
+
+    from .progress import LiveTable
+    from .ray_tune import EndWriter, MissingCheckpoints
+    from .searcher import MultiStudySearcher, StudySpec
+
+    base, experiment = options["base"], run.experiment
+    studies = [StudySpec(f"{arch}-{m}", {**base, "arch": arch, "method": m},
+                         functools.partial(sp.suggest, space=space, method=m),
+                         ("final_val_acc", "achieved_sparsity") if space.searches_sparsity(m)
+                         else ("final_val_acc",), study_attrs(space, arch, m, base))
+               for arch in options["archs"] for m in space.methods]
+    trials = 1 if space.grid else options["trials"]
+    searcher = MultiStudySearcher(experiment_path(experiment, JOURNAL), studies, trials=trials,
+                                  seeds=options["seeds"], sampler=options["sampler"],
+                                  max_concurrent=options["max_concurrent"], tune_dir=folder)
+    searcher.reconcile(set())  # a new Tune run knows no trial: seeds handed out before (if any) run again
+    # a longer search: the seeds that ended before are not this Tune run's (the live table's ETA)
+    callbacks = [MissingCheckpoints(), EndWriter(run.context), LiveTable(total=max(total - searcher.seeds_ended(), 0))]
+    scheduler = None
+    if options["scheduler"] == "asha":
+        from .scheduler import ConfigurationASHA
+
+        # rungs per study, a configuration's seeds decided together, on projected_val_acc (DESIGN rule 14);
+        # max_t: the reports of one trial (docs/ARCHITECTURE.md), from the resolved trial config
+        scheduler = ConfigurationASHA(max_t=asha_max_t(space, options["archs"], base), grace_period=1,
+                                      seeds=options["seeds"], experiment=experiment)
+    # the sweep's first run in the experiment folder, a longer search's in its tune_dir inside it
+    where = ({"storage_path": experiment, "name": options["tune_dir"]} if options.get("tune_dir")
+             else {"storage_path": options["storage"], "name": options["name"]})
+    return tune.Tuner(
+        run.trainable,
+        # reuse_actors: every trial asks for the same resources, and a fresh worker process per trial
+        # (torch import, cold start) cost ~5 s per trial here (python -m sweep.bench: 0.65 -> 0.88 of
+        # the sweep's wall time inside trials); run_trial reseeds and sets threads on each trial
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                    num_samples=len(studies) * trials * options["seeds"], reuse_actors=True,
+                                    trial_dirname_creator=trial_dirname),
+        run_config=run_config(options, run, callbacks, **where))
+
+
+def finish(experiment: str, options: dict, write: Callable[[str], None]) -> None:
+    """After a sweep or a confirmation: keep the chosen models (--keep-models chosen), print the summary."""
     if options.get("keep_models", "all") == "chosen":
         from .keep import keep_chosen_models
 
         kept, deleted = keep_chosen_models(experiment)
         write(f"models: kept the chosen configurations' {kept} (--keep-models chosen), deleted {deleted} others")
     write(summarize(experiment))
-    return experiment
 
 
 def study_attrs(space: sp.Space, arch: str, method: str, base: dict[str, Any]) -> dict[str, Any]:
@@ -191,10 +284,10 @@ def study_attrs(space: sp.Space, arch: str, method: str, base: dict[str, Any]) -
 class Interrupted(Exception):
     """The sweep was stopped by Ctrl-C after Tune saved its state; ``command`` continues it."""
 
-    def __init__(self, name: str, storage: str):
+    def __init__(self, name: str, storage: str, again: str = ""):
         default = os.path.abspath("./experiments")
         where = "" if storage == default else f" --storage {storage}"
-        self.command = f"python -m sweep resume {name}{where}"
+        self.command = f"python -m sweep {again or f'resume {name}'}{where}"
         super().__init__(self.command)
 
 
@@ -259,6 +352,9 @@ def summarize(experiment: str) -> str:
 
     lines = [f"{'study':32} " + " ".join(f"{s:>8}" for s in STATUSES) + f" {'best final_val_acc':>20}"]
     trials["study"] = trials["study"].fillna("")
+    # confirmation trials (python -m sweep confirm) in their own line per study: they are not the search's
+    confirm = trials.reindex(columns=["stage"])["stage"].eq(schema.CONFIRMATION)
+    trials.loc[confirm, "study"] = trials.loc[confirm, "study"] + " (confirmation)"
     for study, g in trials.groupby("study"):
         best = g.loc[g["status"] == "ok", "final_val_acc"].max()
         n = g["status"].value_counts()

@@ -72,8 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     res = sub.add_parser("resume", help="continue an interrupted sweep, the way it ran (local or on the "
                                         "cluster, same resources) unless told otherwise")
     res.add_argument("name", help="the experiment's --name (a folder in --storage)")
+    res.add_argument("--trials", type=int, default=None,
+                     help="a longer search: this many MORE configurations per (arch, method) study, on the same "
+                          "Optuna studies (the sampler sees every earlier trial; nothing finished runs again); "
+                          "the new total is kept in sweep.json [default: finish the planned ones]")
     add_cluster_options(res, resume=True)
-    for command in (run, res):  # sweep.console
+    con = sub.add_parser("confirm", help="run each method's chosen configuration (on validation, by the tuning "
+                                         "stage) on fresh seeds; the report's answer then comes from them")
+    con.add_argument("name", help="the experiment's --name (a folder in --storage)")
+    con.add_argument("--seeds", type=int, required=True,
+                     help="confirmation seeds per chosen configuration: the K seeds after every seed the tuning "
+                          "used (recorded in sweep.json; a re-run finishes them, a larger K adds more)")
+    add_cluster_options(con, resume=True)
+    for command in (run, res, con):  # sweep.console
         command.add_argument("-v", "--verbose", action="store_true",
                              help="show Ray's, Tune's and Optuna's logs here [default: in <experiment>/sweep.log]")
     sub.add_parser("spaces", help="list the built-in spaces and their ranges")
@@ -169,7 +180,10 @@ def check_trial_resources(cpus: float | None, gpus: float | None) -> None:
 
 
 def validate_resume(args: argparse.Namespace) -> None:
-    """Check the resume options that need no Ray and no storage. Raises UsageError."""
+    """Check the resume and confirm options that need no Ray and no storage. Raises UsageError."""
+    for opt, value in (("--trials", getattr(args, "trials", None)), ("--seeds", getattr(args, "seeds", None))):
+        if value is not None and value < 1:
+            raise UsageError(opt, f"{value} must be >= 1")
     check_trial_resources(args.cpus_per_trial, args.gpus_per_trial)
 
 

@@ -191,7 +191,7 @@ def sweep_trainable(config: dict, data: Any = None, context: TrialContext | None
     from trainables.trial import run_trial
 
     flat, meta = split_config(config)
-    trial_id = tune.get_context().get_trial_id()
+    trial_id = row_id(meta, tune.get_context().get_trial_id())
     done = finished_row(context.experiment, flat, trial_id)
     if done is not None:
         # the driver died after this trial wrote its results but before Tune recorded its end: on resume
@@ -217,7 +217,13 @@ def sweep_trainable(config: dict, data: Any = None, context: TrialContext | None
                   on_result=lambda result: result.write(
                       context.experiment, trial_id=trial_id, experiment=context.name,
                       extra={"study": meta.get("_study", ""), "optuna_trial": int(meta.get("_optuna_trial", -1)),
-                             "space": context.space}))
+                             "space": context.space, "stage": meta.get("_stage", schema.TUNING)}))
+
+
+def row_id(meta: dict, tune_id: str) -> str:
+    """The id a trial's rows (and model file) are written under: a confirmation trial's deterministic id
+    (sweep.confirm: a re-run finds and skips it), else Tune's trial id."""
+    return str(meta.get("_trial_id") or tune_id)
 
 
 def finished_row(experiment: str, flat: dict, trial_id: str) -> dict | None:
@@ -255,21 +261,21 @@ class EndWriter(tune.Callback):
 
     def _write(self, trial, status: str, error: str) -> None:
         flat, meta = split_config(trial.config)
-        if finished_row(self.context.experiment, flat, trial.trial_id) is not None:
+        trial_id = row_id(meta, trial.trial_id)
+        if finished_row(self.context.experiment, flat, trial_id) is not None:
             return  # the trial wrote its own ok/diverged tables: they are the truth
         try:
             cfg = TrialConfig.from_dict(flat)
         except Exception:  # noqa: BLE001 - a row is still wanted; record the raw config
             cfg = None
         epochs = checkpoint_epochs(trial) if status == "stopped" else []
-        row = failed_row(trial.trial_id, flat, meta, cfg, self.context, error)
+        row = failed_row(trial_id, flat, meta, cfg, self.context, error)
         row.update(status=status, epochs_run=len(epochs),
                    wall_time_s=float((trial.last_result or {}).get("time_total_s", math.nan)))
-        where = dict(arch=flat.get("arch", "unknown"), method=flat.get("method", "unknown"),
-                     trial_id=trial.trial_id)
+        where = dict(arch=flat.get("arch", "unknown"), method=flat.get("method", "unknown"), trial_id=trial_id)
         if epochs:
             schema.write_trial_table(self.context.experiment, "epochs",
-                                     [dict(r, trial_id=trial.trial_id) for r in epochs], **where)
+                                     [dict(r, trial_id=trial_id) for r in epochs], **where)
         schema.write_trial_table(self.context.experiment, "trials", [row], **where)
 
 
@@ -346,7 +352,8 @@ def failed_row(trial_id, flat, meta, cfg, context, error) -> dict:
     return {
         "experiment": context.name, "trial_id": trial_id, "study": meta.get("_study", ""),
         "optuna_trial": int(meta.get("_optuna_trial", -1)), "space": context.space,
-        "seed": int(flat.get("seed", 0)), "status": "failed", "error": read_error(error), **hyper,
+        "seed": int(flat.get("seed", 0)), "status": "failed", "stage": meta.get("_stage", schema.TUNING),
+        "error": read_error(error), **hyper,
         "config_json": schema.dumps(flat),
     }
 

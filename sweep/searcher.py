@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 
 ATTR_RAY = "ray_trial_"  # + seed: the Ray trial id that runs this seed
 ATTR_RESULT = "result_"  # + seed: {"state": "ok"|"pruned"|"fail", "values": [...]}
-META_KEYS = ("_study", "_optuna_trial", "_space")  # keys our trainable strips before TrialConfig
+# keys our trainable strips before TrialConfig; _trial_id: the id the trial's rows are written under (a
+# confirmation trial's deterministic id, sweep.confirm), else Tune's own; _stage: results.schema.TRIAL_STAGES
+META_KEYS = ("_study", "_optuna_trial", "_space", "_trial_id", "_stage")
 
 
 @dataclass(frozen=True)
@@ -61,9 +63,12 @@ class MultiStudySearcher(Searcher):
     """
 
     def __init__(self, storage_path: str, studies: list[StudySpec], *, trials: int, seeds: int = 1,
-                 sampler: str = "tpe", max_concurrent: int = 0, metric: str = "val_acc", mode: str = "max"):
+                 sampler: str = "tpe", max_concurrent: int = 0, metric: str = "val_acc", mode: str = "max",
+                 tune_dir: str | None = None):
         super().__init__(metric=metric, mode=mode)
         self.storage_path = storage_path  # <experiment>/optuna.journal: a local path or a URI
+        # where this Tune run keeps its state: the experiment folder, or a longer search's folder inside it
+        self.tune_dir = tune_dir
         self.specs = {s.name: s for s in studies}
         self.trials = trials
         self.seeds = seeds
@@ -98,6 +103,11 @@ class MultiStudySearcher(Searcher):
             if study.user_attrs.get(key) != value:
                 study.set_user_attr(key, value)
         return study
+
+    def seeds_ended(self) -> int:
+        """Seeds whose end the storage holds (a longer search: those ended before this Tune run)."""
+        return sum(1 for study in self.studies.values() for t in study.get_trials(deepcopy=False)
+                   for key in t.user_attrs if key.startswith(ATTR_RESULT))
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:
         self.max_concurrent = max_concurrent
@@ -166,7 +176,7 @@ class MultiStudySearcher(Searcher):
         self.rebuild_from_storage()
         from results.storage import parent
 
-        trials = tune_trials(parent(self.storage_path))
+        trials = tune_trials(getattr(self, "tune_dir", None) or parent(self.storage_path))
         if trials is None:
             log.warning("no Tune experiment state next to %s: cannot reconcile live trials", self.storage_path)
             return

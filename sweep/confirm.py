@@ -1,0 +1,172 @@
+"""``python -m sweep confirm NAME --seeds K``: each method's CHOSEN configuration (on validation, by the tuning
+stage: results.selection through analysis.tables.best_configs, at each arch and comparison level) runs again on
+K seeds the tuning never used, through the same trainable, dense store and results (a dense model per seed:
+the dense store keys on the seed). These trials are not search trials: Optuna is never told them, their rows
+carry ``stage = "confirmation"`` (results.schema.TRIAL_STAGES), and the tuning-stage choice never reads them.
+
+Seeds: the K after every seed the tuning used (its --seeds and any seed a row of it ran), recorded in sweep.json
+as ``"confirm": {"seeds": [...]}`` before any trial starts, so the analysis knows which seeds a confirmation
+must have. A re-run with the same K finishes them; a larger K adds the next seeds; a smaller one is refused.
+
+Kill-safe: each confirmation trial writes its rows under a deterministic id per (configuration, seed)
+(:func:`row_id`), so a re-run skips the trials that ended ok or diverged and runs the rest again (a killed
+trial restarts from its start: trials are deterministic, so its numbers are the same); nothing is duplicated.
+Tune's state of a confirmation lives in ``<experiment>/confirm/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+from ray.tune.search import Searcher
+
+from results import schema
+
+from . import spaces as sp
+from .options import UsageError, parse_set, validate_resume, without_params
+
+CONFIRM_KEY = "confirm"  # sweep.json: {"seeds": [...]}
+CONFIRM_DIR = "confirm"  # Tune's state of the confirmation runs, inside the experiment folder
+
+
+def confirm_seeds(tuning_seeds: int, used: Iterable[int], k: int, recorded: Sequence[int] = ()) -> list[int]:
+    """The confirmation seeds: the ``recorded`` ones (an earlier confirm of this sweep), then the next seeds
+    after every seed the tuning used (``range(tuning_seeds)`` and ``used``) and every recorded one, ``k`` in
+    all. UsageError naming --seeds when ``k`` is below 1 or below the recorded count."""
+    if k < 1:
+        raise UsageError("--seeds", f"{k} must be >= 1")
+    recorded = [int(s) for s in recorded]
+    if k < len(recorded):
+        raise UsageError("--seeds", f"this sweep's confirmation already runs {len(recorded)} seeds {recorded}: give "
+                                    f"--seeds {len(recorded)} to finish it, or more to add seeds")
+    start = max([int(tuning_seeds) - 1, *map(int, used), *recorded, -1]) + 1
+    return recorded + list(range(start, start + k - len(recorded)))
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """One chosen configuration: where it was chosen, and the flat TrialConfig of one of its tuning rows."""
+
+    arch: str
+    method: str
+    config: str  # analysis.tables.config_key: arch, method, every hyperparameter, device type, precision
+    level: float
+    study: str
+    optuna_trial: int
+    flat: dict[str, Any]
+
+
+def chosen_configurations(experiment: str, options: dict) -> tuple[list[Chosen], set[int]]:
+    """(each method's chosen configuration at each arch and comparison level, by the shared rule on the
+    tuning rows; the seeds the tuning rows ran). UsageError naming NAME when there is none."""
+    from analysis.load import ExperimentError, display_name, load_tables
+    from analysis.tables import annotate, best_configs, stage_trials, with_sweep_seeds
+
+    try:
+        trials = load_tables([experiment]).trials
+    except ExperimentError as e:
+        raise UsageError("NAME", f"no results to confirm ({e})") from None
+    trials = with_sweep_seeds(trials, {display_name(experiment): options.get("seeds")})
+    rows = annotate(trials)
+    tuning = stage_trials(rows)
+    chosen: dict[tuple, Chosen] = {}
+    for level in sorted(tuning["sparsity_level"].dropna().astype(float).unique()):
+        for best in best_configs(trials, level).to_dict("records"):
+            first = rows[rows["trial_id"] == best["trial_ids"].split(",")[0]].iloc[0]
+            key = (best["arch"], best["method"], best["config"])
+            chosen.setdefault(key, Chosen(best["arch"], best["method"], best["config"], float(level),
+                                          str(first["study"] or ""), int(first["optuna_trial"]),
+                                          json.loads(first["config_json"])))
+    if not chosen:
+        raise UsageError("NAME", f"{display_name(experiment)} has no complete configuration to confirm (every seed "
+                                 "of a configuration must finish ok before it can be chosen): finish the sweep "
+                                 "first (python -m sweep resume NAME)")
+    used = {int(s) for s in tuning["seed"].dropna()}
+    return sorted(chosen.values(), key=lambda c: (c.arch, c.level, c.method)), used
+
+
+def row_id(chosen: Chosen, seed: int) -> str:
+    """The deterministic id of a confirmation trial (its rows and model file): one per (configuration, seed)."""
+    return f"confirm-{chosen.config}-s{seed}"
+
+
+def plan(chosen: list[Chosen], seeds: list[int]) -> list[dict]:
+    """The Tune configs of every confirmation trial: the chosen configuration's flat config on each seed."""
+    return [{**c.flat, "seed": int(seed), "_study": c.study, "_optuna_trial": c.optuna_trial,
+             "_trial_id": row_id(c, seed), "_stage": schema.CONFIRMATION} for c in chosen for seed in seeds]
+
+
+def pending(experiment: str, configs: list[dict]) -> list[dict]:
+    """The planned trials without a finished row (ok or diverged): a failed or never-finished one runs again."""
+    from .searcher import trial_row
+
+    def finished(cfg: dict) -> bool:
+        row = trial_row(experiment, cfg["arch"], cfg["method"], cfg["_trial_id"])
+        return row is not None and row.get("status") in ("ok", "diverged")
+
+    return [cfg for cfg in configs if not finished(cfg)]
+
+
+def confirm(args: argparse.Namespace, write: Callable[[str], None]) -> str:
+    """Run the confirmation (see the module docstring); returns the experiment folder. Bad input (an unknown
+    NAME, --seeds below 1, no complete configuration) is a UsageError before Ray starts."""
+    from .driver import read_options, with_overrides, write_options
+    from .resources import check_resources, init_ray
+
+    validate_resume(args)
+    experiment, options = read_options(args)
+    chosen, used = chosen_configurations(experiment, options)
+    recorded = (options.get(CONFIRM_KEY) or {}).get("seeds") or []
+    seeds = confirm_seeds(options.get("seeds") or 1, used, args.seeds, recorded)
+    todo = pending(experiment, plan(chosen, seeds))
+    space = without_params(sp.load_space(options["space"]), set(parse_set(options["set"])))
+    run_options = with_overrides(options, args)
+    init_ray(bool(run_options.get("local")))
+    check_resources(run_options["cpus_per_trial"], run_options["gpus_per_trial"], local=bool(run_options.get("local")))
+    write_options(experiment, {**options, CONFIRM_KEY: {"seeds": seeds}})  # before any trial: the analysis's truth
+    write(f"confirmation: {len(chosen)} chosen configuration{'s' if len(chosen) != 1 else ''} on seeds "
+          f"{', '.join(map(str, seeds))}: {len(todo)} trials to run, {len(chosen) * len(seeds) - len(todo)} done before")
+    if todo:
+        run_trials(run_options, space, todo, write, again=f"confirm {options['name']} --seeds {len(seeds)}")
+    from .driver import finish
+
+    finish(experiment, run_options, write)
+    return experiment
+
+
+def run_trials(options: dict, space: sp.Space, todo: list[dict], write: Callable[[str], None], again: str) -> None:
+    """One fresh Tuner over the planned confirmation trials (``todo``), no scheduler, no Optuna."""
+    from ray import tune
+
+    from .driver import fit, prepare, run_config, trial_dirname
+    from .progress import LiveTable
+    from .ray_tune import EndWriter
+
+    run = prepare(options, space, write)
+    callbacks = [EndWriter(run.context), LiveTable(total=len(todo))]
+    tuner = tune.Tuner(run.trainable,
+                       tune_config=tune.TuneConfig(search_alg=PlannedTrials(todo), num_samples=len(todo),
+                                                   reuse_actors=True, trial_dirname_creator=trial_dirname),
+                       run_config=run_config(options, run, callbacks, storage_path=run.experiment, name=CONFIRM_DIR))
+    fit(tuner, options, again=again)
+    del run
+
+
+class PlannedTrials(Searcher):
+    """A Tune searcher that hands out a fixed list of trial configs, then says FINISHED."""
+
+    def __init__(self, configs: list[dict]):
+        super().__init__(metric="val_acc", mode="max")
+        self.configs = list(configs)
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # metric/mode are ours; Tune's param_space is empty
+
+    def suggest(self, trial_id: str) -> dict | None:
+        return self.configs.pop(0) if self.configs else self.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass  # the rows are the record (the trainable, EndWriter); nothing is told to Optuna
