@@ -1,22 +1,21 @@
 """Figures, split as in Optuna's visualization: pure ``*_data`` functions that extract what to draw
 (DataFrames in, DataFrames out) and ``plot_*`` renderers that take that data and return a matplotlib
-Figure. Renderers never save or show; the CLI does that. The Agg backend is forced because reports are
-built headless (CI, clusters)."""
+Figure. Renderers never save or show; the CLI does that. They build ``matplotlib.figure.Figure`` objects
+directly, not through pyplot: no backend is chosen and no global figure list grows, so reports build headless
+(CI, clusters) and importing this module changes nothing."""
 
 from __future__ import annotations
 
 import math
 
 import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # headless; must precede pyplot's import
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from . import tables as T  # noqa: E402
+from . import tables
 
 METHOD_COLORS = {"admm": "tab:blue", "magnitude": "tab:orange", "dense": "black"}
 
@@ -25,9 +24,14 @@ def _color(method: str) -> str:
     return METHOD_COLORS.get(method, "tab:gray")
 
 
+def _subplots(rows: int, cols: int, figsize: tuple[float, float]):
+    """(a new Figure, its rows x cols array of Axes): pyplot.subplots without pyplot."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
 def _grid(n: int, rows: int = 1, width: float = 4.2, height: float = 3.2):
-    fig, axes = plt.subplots(rows, max(n, 1), figsize=(width * max(n, 1), height * rows), squeeze=False)
-    return fig, axes
+    return _subplots(rows, max(n, 1), (width * max(n, 1), height * rows))
 
 
 def _empty(fig, ax, message: str):
@@ -101,10 +105,10 @@ def best_trial_ids(trials: pd.DataFrame, sparsity: float | None = None) -> dict[
     """Trial ids (all seeds) of the best configuration per (arch, method), chosen on validation: at sparsity
     level ``sparsity`` (tables.comparison_level) where that (arch, method) has finished trials there, else at
     any level (so the figures still show every method of a sweep that never ran the requested level)."""
-    picked = {(r.arch, r.method): r.trial_ids.split(",") for r in T.best_configs(trials).itertuples()}
+    picked = {(r.arch, r.method): r.trial_ids.split(",") for r in tables.best_configs(trials).itertuples()}
     if sparsity is not None:
         picked.update({(r.arch, r.method): r.trial_ids.split(",")
-                       for r in T.best_configs(trials, sparsity).itertuples()})
+                       for r in tables.best_configs(trials, sparsity).itertuples()})
     return picked
 
 
@@ -191,8 +195,8 @@ def plot_weights(data: pd.DataFrame):
     """Rows: arch; columns: method; one step histogram per stage, log counts; exact zeros as a marker at 0."""
     archs = sorted(data["arch"].unique()) if not data.empty else []
     methods = sorted(data["method"].unique()) if not data.empty else []
-    fig, axes = plt.subplots(max(len(archs), 1), max(len(methods), 1), figsize=(5 * max(len(methods), 1),
-                             3.2 * max(len(archs), 1)), squeeze=False)
+    fig, axes = _subplots(max(len(archs), 1), max(len(methods), 1),
+                          (5 * max(len(methods), 1), 3.2 * max(len(archs), 1)))
     if not archs:
         return _empty(fig, axes[0, 0], "no weight histograms of finished trials")
     styles = {"dense": ":", "pre_prune": "-", "post_prune": "--", "final": "-"}
@@ -235,8 +239,8 @@ def weights_alt(data: pd.DataFrame) -> str:
 def sparsity_data(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(every configuration's mean point with its mean achieved sparsity, Pareto front rows incl. the dense
     control rows) for the sparsity plot."""
-    summary = T.config_summary(trials).rename(columns={"achieved_sparsity_mean": "achieved_sparsity"})
-    return summary, T.pareto_front(trials)
+    summary = tables.config_summary(trials).rename(columns={"achieved_sparsity_mean": "achieved_sparsity"})
+    return summary, tables.pareto_front(trials)
 
 
 def _plot_controls(ax, controls: pd.DataFrame) -> None:
@@ -321,7 +325,7 @@ def plot_admm(data: pd.DataFrame):
     fig, axes = _grid(len(archs), rows=2, width=5.0)
     if not archs:
         return _empty(fig, axes[0, 0], "no ADMM epochs of finished trials")
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for col, arch in enumerate(archs):
         mine = data[data["arch"] == arch]
         for i, (tid, rows) in enumerate(mine.groupby("trial_id")):
@@ -407,8 +411,8 @@ def plot_layer_sparsity(data: pd.DataFrame):
     (arch, method)."""
     pairs = sorted(set(zip(data["arch"], data["method"]))) if not data.empty else []
     n_layers = int(data.groupby(["arch", "method"]).size().max()) if pairs else 0
-    fig, axes = plt.subplots(max(len(pairs), 1), 1, squeeze=False,
-                             figsize=(min(max(6.0, 0.16 * n_layers + 1.5), 11.0), 2.9 * max(len(pairs), 1)))
+    fig, axes = _subplots(max(len(pairs), 1), 1,
+                          (min(max(6.0, 0.16 * n_layers + 1.5), 11.0), 2.9 * max(len(pairs), 1)))
     if not pairs:
         return _empty(fig, axes[0, 0], "no per-layer results of finished trials")
     for i, (arch, method) in enumerate(pairs):
@@ -443,15 +447,15 @@ def layer_sparsity_alt(data: pd.DataFrame) -> str:
 def macs_data(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(each configuration's mean nonzero MACs per image and mean final TEST accuracy, with its comparison
     level; the dense control rows of the Pareto table, at the dense model's MACs)."""
-    ok = T.annotate(T.ok_trials(trials))
+    ok = tables.annotate(tables.ok_trials(trials))
     cols = ["arch", "method", "config", "sparsity_level", "nonzero_macs", "dense_macs", "final_test_acc", "n_seeds"]
     if ok.empty:
-        return pd.DataFrame(columns=cols), pd.DataFrame(columns=T.PARETO_COLUMNS)
+        return pd.DataFrame(columns=cols), pd.DataFrame(columns=tables.PARETO_COLUMNS)
     points = ok.groupby(["arch", "method", "config"]).agg(
         sparsity_level=("sparsity_level", "first"), nonzero_macs=("nonzero_macs", "mean"),
         dense_macs=("dense_macs", "first"), final_test_acc=("final_test_acc", "mean"),
         n_seeds=("seed", "nunique")).reset_index()
-    front = T.pareto_front(trials)
+    front = tables.pareto_front(trials)
     return points[cols], front[front["row"] == "control"]
 
 

@@ -16,9 +16,10 @@ from typing import Callable, Union
 
 import pandas as pd
 
-from . import significance as SIG
-from . import summary as S
-from . import tables as T
+from .export import export_hint
+from .significance import ALPHA, EXACT
+from .summary import CAUTION_SEPARATOR, FIRST, SECOND
+from .tables import CONTROL_MISSING, GROUP, STATUSES, varying_hyperparameters
 
 DASH = "—"
 MINUS = "−"  # U+2212: a minus sign, not a hyphen, in front of numbers
@@ -132,6 +133,19 @@ def scaled(x, reason: str = NOT_RECORDED) -> Cell:
     return f"{x:.3g}"
 
 
+def file_size(nbytes, dense_bytes, reason: str = NOT_RECORDED) -> Cell:
+    """A file's size with three significant digits in B / kB / MB / GB (powers of 1000) and its share of the
+    dense file: ``1.5 MB (17% of dense)``."""
+    if _missing(nbytes):
+        return Missing(reason)
+    n = float(nbytes)
+    text = next((f"{n / f:.3g} {unit}" for f, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")) if n >= f),
+                f"{int(n)} B")
+    if _missing(dense_bytes) or not dense_bytes:
+        return text
+    return f"{text} ({100 * n / float(dense_bytes):.0f}% of dense)"
+
+
 def duration(seconds) -> Cell:
     if _missing(seconds):
         return Missing(NOT_RECORDED)
@@ -162,11 +176,11 @@ def _per_method(settings: pd.DataFrame) -> dict[str, tuple[list[str], list[str]]
     """Per method, the hyperparameters of ``settings`` (one row per configuration) that (vary among its
     configurations, are fixed within it). A column null in every configuration of the method (a field of the
     other method: rho for magnitude, say) is in neither."""
-    names = [c for c in settings.columns if c not in (*T.GROUP, "config")]
+    names = [c for c in settings.columns if c not in (*GROUP, "config")]
     out = {}
     for method, rows in settings.groupby("method"):
         used = [n for n in names if rows[n].notna().any()]
-        varying = T.varying_hyperparameters(rows.reindex(columns=used))
+        varying = varying_hyperparameters(rows.reindex(columns=used))
         out[method] = ([n for n in used if n in varying], [n for n in used if n not in varying])
     return out
 
@@ -220,7 +234,7 @@ T_INTERVAL = "95% t-interval (pp)"
 def show_summary(summary: pd.DataFrame) -> Display:
     """The answer per (arch, level): both methods' test accuracy, the dense control, the paired difference
     and interval, seeds and verdict (the cautions are in :func:`answers`, shown beside the table)."""
-    first, second = S.FIRST, S.SECOND
+    first, second = FIRST, SECOND
     no_pair = "this method did not finish at this level, or no seed ran both methods"
     no_diff = "only one method finished at this level: no difference"
     spec = [
@@ -230,7 +244,7 @@ def show_summary(summary: pd.DataFrame) -> Display:
         (f"{second} (test %)", lambda r: mean_std(r[f"final_test_acc_{second}_mean"],
                                                   r[f"final_test_acc_{second}_std"], no_pair)),
         ("Dense control (test %)", lambda r: mean_std(r["control_test_acc_mean"], r["control_test_acc_std"],
-                                                      T.CONTROL_MISSING)),
+                                                      CONTROL_MISSING)),
         (f"{first} {MINUS} {second} (pp)", lambda r: points(r["mean_diff"], no_diff)),
         (T_INTERVAL, lambda r: interval(r["ci95_lo"], r["ci95_hi"], "fewer than 2 paired seeds: no interval")),
         (SIGN_FLIP_P, lambda r: p_value(r["p_value"], "fewer than 2 paired seeds: no test")),
@@ -253,7 +267,7 @@ def _stage(stage: str) -> Callable[[dict], Cell]:
 
 
 def _final(row: dict) -> Cell:
-    reason = (row.get("note") or T.CONTROL_MISSING) if row["row"] == "control" else NOT_RECORDED
+    reason = (row.get("note") or CONTROL_MISSING) if row["row"] == "control" else NOT_RECORDED
     return mean_std(row["final_test_acc_mean"], row["final_test_acc_std"], reason)
 
 
@@ -272,15 +286,41 @@ def show_comparison(comparison: pd.DataFrame) -> Display:
     return render(comparison, spec)
 
 
+NO_MODEL_BYTES = ("not recorded: these results predate the trials table's model_bytes and dense_bytes "
+                  "(results schema 4)")
+NO_EMPTY_LAYERS = "not recorded: these results predate the trials table's empty_layers (results schema 4)"
+CUT = "network cut"  # after the count of prunable layers pruned to zero
+
+
+def _empty_layers(row: dict) -> Cell:
+    """The most prunable layers a seed pruned to zero; above 0 flagged: the network is cut in two."""
+    n = row.get("empty_layers_max")
+    if _missing(n):
+        return Missing(NO_EMPTY_LAYERS)
+    return f"{int(n)}: {CUT}" if n > 0 else "0"
+
+
+def _export(row: dict) -> Cell:
+    if not row.get("experiment"):
+        return Missing("no experiment folder recorded: nothing to export from")
+    return export_hint(row["experiment"], row["arch"], row["method"], float(row["sparsity_level"]))
+
+
 def show_best(best: pd.DataFrame, settings: pd.DataFrame) -> Display:
-    """The chosen configuration per (arch, method): its varying hyperparameters as ``name=value``."""
+    """The chosen configuration per (arch, method): its varying hyperparameters as ``name=value``, its model's
+    nonzero parameters and MACs, file size (``tables.with_model_facts``), prunable layers emptied, and the
+    command that exports it."""
     applicable = {m: [n for n in v if n in best.columns] for m, (v, _) in _per_method(settings).items()}
     spec = [
         ("Architecture", lambda r: r["arch"]), ("Method", lambda r: r["method"]), ("Sparsity", _level),
         ("Achieved", lambda r: sparsity(r["achieved_sparsity_mean"])),
         ("Hyperparameters", lambda r: settings_text(r, applicable.get(r["method"], []))),
-        ("Seeds", lambda r: count(r["n_seeds"])), ("Val %", lambda r: percent(r["final_val_acc_mean"]))]
-    return render(best, spec, text_columns=("Hyperparameters",))
+        ("Seeds", lambda r: count(r["n_seeds"])), ("Val %", lambda r: percent(r["final_val_acc_mean"])),
+        ("Nonzero params", lambda r: scaled(r.get("nonzero_params_mean"))),
+        ("Nonzero MACs", lambda r: scaled(r.get("nonzero_macs_mean"))),
+        ("Model file", lambda r: file_size(r.get("model_bytes_mean"), r.get("dense_bytes_mean"), NO_MODEL_BYTES)),
+        ("Empty layers", _empty_layers), ("Export", _export)]
+    return render(best, spec, text_columns=("Hyperparameters", "Export"))
 
 
 def _fixed_value(value) -> str:
@@ -311,7 +351,7 @@ def show_pareto(front: pd.DataFrame, labels: dict[str, str]) -> Display:
 
 
 def show_paired(paired: pd.DataFrame) -> Display:
-    first, second = S.FIRST, S.SECOND
+    first, second = FIRST, SECOND
     no_ci = "fewer than 2 paired seeds: no interval"
     spec = [
         ("Architecture", lambda r: r["arch"]), ("Sparsity", _level),
@@ -328,7 +368,7 @@ def show_paired(paired: pd.DataFrame) -> Display:
 def show_accounting(accounts: pd.DataFrame) -> Display:
     spec = [("Architecture", lambda r: r["arch"]), ("Method", lambda r: r["method"]),
             ("Trials", lambda r: count(r["trials"])), ("Configurations", lambda r: count(r["configurations"])),
-            *((status, (lambda s: lambda r: count(r[s]))(status)) for status in (*T.STATUSES, "other")),
+            *((status, (lambda s: lambda r: count(r[s]))(status)) for status in (*STATUSES, "other")),
             ("Compute", lambda r: duration(r["compute_s"]))]
     return render(accounts, spec)
 
@@ -374,7 +414,7 @@ def _pct(x) -> str:
 
 
 def _accuracies(row: dict) -> str:
-    first, second = S.FIRST, S.SECOND
+    first, second = FIRST, SECOND
     text = (f"test accuracy {first} {_pct(row[f'final_test_acc_{first}_mean'])} vs {second} "
             f"{_pct(row[f'final_test_acc_{second}_mean'])}")
     control = row["control_test_acc_mean"]
@@ -403,14 +443,14 @@ def _answer(row: dict) -> Answer:
     ci = f"{signed(100 * row['ci95_lo'])} to {signed(100 * row['ci95_hi'])} pp" \
         if verdict in ("wins", "unresolved", "too few seeds") else ""
     n = int(row["n_pairs"])
-    test = f"{row.get('test') or SIG.EXACT}: p = {p_value(row['p_value'], '')}"
+    test = f"{row.get('test') or EXACT}: p = {p_value(row['p_value'], '')}"
     if verdict == "wins":
         return Answer(f"{where}: {leader} wins by {diff}",
                       f"({test} over {n} seeds; paired 95% t-interval {ci}; {_accuracies(row)}).", caution)
     if verdict == "unresolved":
         return Answer(f"{where}: no clear winner.",
                       f"{leader} is ahead by {diff}, but not significantly ({test} over {n} seeds, above "
-                      f"{SIG.ALPHA}; paired 95% t-interval {ci}; {_accuracies(row)}).", caution)
+                      f"{ALPHA}; paired 95% t-interval {ci}; {_accuracies(row)}).", caution)
     if verdict == "too few seeds":
         return Answer(f"{where}: {leader} ahead by {diff} on {n} seeds, no verdict: needs at least "
                       f"{int(row['seeds_needed'])} paired seeds to decide.",
@@ -429,11 +469,31 @@ def shared_cautions(items: list[Answer]) -> tuple[list[Answer], str]:
     caution about the whole sweep is said once. Needs two answers or more to share anything."""
     if len(items) < 2:
         return items, ""
-    parts = [a.caution.split(S.CAUTION_SEPARATOR) if a.caution else [] for a in items]
+    parts = [a.caution.split(CAUTION_SEPARATOR) if a.caution else [] for a in items]
     shared = [p for p in parts[0] if all(p in other for other in parts[1:])]
-    rest = [Answer(a.headline, a.detail, S.CAUTION_SEPARATOR.join(p for p in ps if p not in shared))
+    rest = [Answer(a.headline, a.detail, CAUTION_SEPARATOR.join(p for p in ps if p not in shared))
             for a, ps in zip(items, parts)]
-    return rest, S.CAUTION_SEPARATOR.join(shared)
+    return rest, CAUTION_SEPARATOR.join(shared)
+
+
+def empty_layers_note(cut: pd.DataFrame, chosen_ids: set[str]) -> str:
+    """A caution beside the answer about the finished trials whose model has prunable layers pruned to zero
+    (``cut``: tables.cut_networks), per (arch, method, level), saying how many are in a chosen configuration
+    (``chosen_ids``: their trial ids); "" when there are none."""
+    if cut.empty:
+        return ""
+    parts = []
+    for (arch, method, level), rows in cut.groupby([*GROUP, "sparsity_level"], sort=True):
+        chosen = int(rows["trial_id"].isin(chosen_ids).sum())
+        parts.append(f"{arch} {method} at {_pct(level)}: {_trials_text(len(rows))}"
+                     + (f", {chosen} of them in the chosen configuration" if chosen else ", none chosen"))
+    return (f"{_trials_text(len(cut), 'finished trial')} ended with prunable layers pruned to zero (the sparsity "
+            f"set cut the network in two: such a model's accuracy is chance): {'; '.join(parts)}. See Empty "
+            "layers under Chosen configurations.")
+
+
+def _trials_text(n: int, noun: str = "trial") -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def answer_text(answer: Answer) -> str:

@@ -1,7 +1,10 @@
 """Assemble tables and figures into a report: one self-contained HTML page (figures inlined as base64 PNG),
 the same content as Markdown, and LaTeX per table. It opens with the answer (which method wins where, by
 how much, how sure); tables are shown as text (analysis.present), the CSV files keep the raw frames.
-Builds everything in memory; only ``analysis.__main__`` writes files."""
+
+Every section is ONE record in :data:`SECTIONS`, in reading order: a :class:`TableSection` (how its raw frame
+is built and shown) or a :class:`FigureSection` (its data function, renderer and alt text, as in
+analysis.plots). Builds everything in memory; only ``analysis.__main__`` writes files."""
 
 from __future__ import annotations
 
@@ -9,21 +12,21 @@ import base64
 import html
 import io
 from dataclasses import dataclass, field
+from typing import Callable, Union
 
 import pandas as pd
 
 from results.selection import RULE
 
-from . import plots as P
-from . import present as D
-from . import significance as SIG
-from . import summary as S
-from . import tables as T
+from . import plots, present, significance, summary
 from .importance import MIN_IMPORTANCE_TRIALS, Importances
 from .load import Tables, display_name
+from .tables import (LEVEL_TOL, accounting, best_configs, best_hyperparameters, comparison_table, config_settings,
+                     configs_not_chosen, cut_networks, diverged_trials, fixed_hyperparameters, ok_trials,
+                     paired_comparison, pareto_front, with_model_facts)
 
 LEVEL_TEXT = ("Sparsity is the level trials are compared at: the nominal sparsity when the sparsity set reaches "
-              f"it (within {100 * T.LEVEL_TOL:.1f} points), else the exact target over all prunable weights (N:M "
+              f"it (within {100 * LEVEL_TOL:.1f} points), else the exact target over all prunable weights (N:M "
               "2:4 leaves depthwise layers dense and sits below 50%); rows at different levels are never put side "
               "by side. Achieved = measured from the final weights.")
 CONTROL_TEXT = ("The dense control is the shared dense checkpoint trained as many epochs more as the pruned models "
@@ -32,176 +35,59 @@ CONTROL_TEXT = ("The dense control is the shared dense checkpoint trained as man
                 "fair reference.")
 CHOICE_TEXT = ("Only a configuration whose every seed finished ok can be chosen (see Configurations not "
                "chosen).")
-TEST_TEXT = (f"The size of a difference is its mean with a {SIG.INTERVAL}; the verdict comes from an "
-             f"{SIG.EXACT} over the paired differences (all 2^n sign flips; beyond {SIG.EXACT_MAX} pairs "
-             f"{SIG.MC_DRAWS:,} random flips with seed {SIG.MC_SEED}): a method wins only where p <= {SIG.ALPHA}. With "
-             f"n pairs the smallest p is 2^-(n-1), so a decision needs at least {SIG.seeds_needed()} paired seeds; "
-             "a zero-width interval (equal differences) is no evidence.")
+TEST_TEXT = (f"The size of a difference is its mean with a {significance.INTERVAL}; the verdict comes from an "
+             f"{significance.EXACT} over the paired differences (all 2^n sign flips; beyond "
+             f"{significance.EXACT_MAX} pairs {significance.MC_DRAWS:,} random flips with seed "
+             f"{significance.MC_SEED}): a method wins only where p <= {significance.ALPHA}. With n pairs the "
+             f"smallest p is 2^-(n-1), so a decision needs at least {significance.seeds_needed()} paired seeds; a "
+             "zero-width interval (equal differences) is no evidence.")
 ACCURACY_TEXT = ("Accuracy in percent, mean ± sample standard deviation over seeds, rounded to one decimal; "
                  "pp = percentage points.")
-TITLES = {
-    "summary": "Summary: which method wins",
-    "comparison": "Accuracy through the pruning stages",
-    "best_hyperparameters": "Chosen configurations",
-    "fixed_hyperparameters": "Fixed hyperparameters",
-    "pareto": "Pareto front: accuracy against sparsity",
-    "paired": "Paired differences",
-    "accounting": "Sweep accounting",
-    "not_ok": "Trials not scored",
-    "not_chosen": "Configurations not chosen",
-}
-TABLE_CAPTIONS = {
-    "summary": "Per architecture and sparsity: final TEST accuracy of each method's configuration chosen on "
-               "VALIDATION, over the seeds both chosen configurations completed (pairs lost are said); the "
-               "difference is paired by seed. " + TEST_TEXT + " " + CHOICE_TEXT + " " + ACCURACY_TEXT,
-    "comparison": "At sparsity {s}: each method's configuration chosen on VALIDATION (best mean final val "
-                  "accuracy over all its seeds, column Val, among the configurations whose every seed finished "
-                  "ok), every other accuracy on TEST. Post-prune = right after the "
-                  "hard projection, BatchNorm statistics re-estimated on training data; stale BN = the same "
-                  "weights with the old statistics. Epochs = total budget (dense + sparsify + fine-tune). "
-                  + ACCURACY_TEXT + " " + CONTROL_TEXT + " " + LEVEL_TEXT,
-    "best_hyperparameters": "Each method's configuration chosen at sparsity {s} on VALIDATION (mean final val "
-                            "accuracy over all its seeds, every one finished ok), with the hyperparameters that "
-                            "vary in the sweep (trial ids in the CSV).",
-    "fixed_hyperparameters": "Hyperparameters with one value in every finished trial.",
-    "pareto": "Non-dominated complete configurations per architecture and method (mean over all seeds), chosen on "
-              "VALIDATION "
-              "accuracy against achieved sparsity, test accuracy beside; the dense control first. MACs = "
-              "multiply-accumulates per image counting nonzero weights. " + CONTROL_TEXT,
-    "paired": "Final TEST accuracy difference at each sparsity, paired by seed over the seeds both chosen "
-              "configurations completed (seeds only one completed are listed as lost), each method's "
-              "configuration at that level chosen on validation. " + TEST_TEXT + " " + LEVEL_TEXT,
-    "accounting": "Per architecture and method: trial rows, distinct configurations tried, how each ended (ok; "
-                  "diverged: NaN/inf loss; failed: an exception; stopped: ended early by the scheduler; other), "
-                  "and compute time (sum of trial wall times).",
-    "not_ok": "Trials that did not finish ok, with the hyperparameters that vary in the sweep; they are counted, "
-              "never scored.",
-    "not_chosen": RULE + " Listed: every configuration that is not complete, with each seed's status and its "
-                  "mean val accuracy over the seeds that finished ok (shown, never used to choose).",
-}
-FIGURE_TITLES = {
-    "sparsity": "Accuracy against sparsity", "macs": "Accuracy against compute", "layers": "Sparsity per layer",
-    "curves": "Training curves", "admm": "ADMM convergence", "weights": "Weight distributions",
-    "importance": "Hyperparameter importance",
-}
-FIGURE_CAPTIONS = {
-    "sparsity": "Final VALIDATION accuracy against achieved sparsity for every configuration (faint dots), each "
-                "method's Pareto front (line), the dense control (dotted) and the dense start (dash-dot). Look at "
-                "which front lies higher at the sparsity you need, and whether it reaches the dotted line.",
-    "macs": "Final TEST accuracy against nonzero multiply-accumulates per image: left is cheaper, up is better. "
-            "Compare each method's points with the dense control (star) at full cost; N:M models keep "
-            "depthwise layers dense, so they sit further right than uniform models at the same nominal "
-            "sparsity.",
-    "layers": "Achieved sparsity of every layer of each method's chosen model at sparsity {s} (or at any level "
-              "where none ran at {s}), in model order, coloured by layer kind; dashed ticks are the targets. "
-              "Look for hatched slots: layers kept dense (the first convolution by default, and the depthwise "
-              "convolutions under N:M), which is why such a model's overall sparsity is below its nominal one.",
-    "curves": "Training objective and validation accuracy (BatchNorm recalibrated) per epoch of each method's "
-              "chosen configuration; band = min to max over seeds; dotted lines separate the dense, sparsify "
-              "and fine-tune phases. Look at the step at the start of fine-tuning (the hard projection) and "
-              "whether fine-tuning recovers it.",
-    "admm": "ADMM per sparsify epoch (chosen configuration, one colour per seed): the primal residual "
-            "Σ‖W−Z‖² (solid) should fall as W approaches the sparse set, far below the dense model's distance "
-            "to the set (dotted, where it starts); the dual residual ρ²Σ‖Z−Z_prev‖² "
-            "(dashed) as the mask settles; rho is the penalty weight (flat unless rho_growth > 1). Log axes "
-            "where values span orders of magnitude.",
-    "weights": "Distribution of all prunable weights of each chosen model: dense, end of the sparsify phase "
-               "before projection (pre_prune) and after fine-tuning (final); exact zeros counted apart (▼). Look "
-               "at whether a method already pulls the weights to be pruned towards zero before the projection.",
-    "importance": "Hyperparameter importance per Optuna study: PED-ANOVA for the study's first objective in its "
-                  "own direction (which parameters set the best trials apart); shown only for studies with at "
-                  "least {n} complete trials.",
-}
-SECTION_ORDER = ("summary", "comparison", "sparsity", "macs", "layers", "curves", "admm", "weights", "importance",
-                 "best_hyperparameters", "pareto", "paired", "accounting", "not_ok", "not_chosen")
 
 
 @dataclass
-class Report:
-    """Everything a report shows. ``tables``: raw DataFrames (the CSV files); ``displays``: the same tables
-    as text (analysis.present); ``figures``: matplotlib Figures with ``alts`` (alt text); ``texts``: words
-    under a figure or instead of a missing one; ``answers``: the summary in sentences; ``notes``: warnings
-    (skipped files)."""
+class Inputs:
+    """What every section is built from: the loaded tables, the comparison level (a fraction), the search
+    (sizes the small-study caution), the importances (None: not computed) and the hyperparameter settings."""
 
-    tables: dict[str, pd.DataFrame]
-    figures: dict[str, object]
+    tables: Tables
     sparsity: float
-    experiments: list[str]
-    notes: list[str] = field(default_factory=list)
-    texts: dict[str, str] = field(default_factory=dict)
-    alts: dict[str, str] = field(default_factory=dict)
-    displays: dict[str, D.Display] = field(default_factory=dict)
-    answers: list[D.Answer] = field(default_factory=list)
-    fixed: str = ""
-    n_trials: int = 0
+    search: summary.Search
+    importances: Importances | None
+
+    def __post_init__(self):
+        self.trials = self.tables.trials
+        self.ok_settings = config_settings(ok_trials(self.trials))  # the chosen ones vary among these
+        self.labels = present.hyperparameter_labels(config_settings(self.trials))
 
 
-def _tables(trials: pd.DataFrame, sparsity: float, search: S.Search) -> dict[str, pd.DataFrame]:
-    return {
-        "summary": S.summary_table(trials, search),
-        "comparison": T.comparison_table(trials, sparsity),
-        "best_hyperparameters": T.best_hyperparameters(trials, sparsity),
-        "fixed_hyperparameters": T.fixed_hyperparameters(T.ok_trials(trials)),
-        "pareto": T.pareto_front(trials),
-        "paired": T.paired_comparison(trials, S.FIRST, S.SECOND),
-        "accounting": T.accounting(trials),
-        "not_ok": T.diverged_trials(trials),
-        "not_chosen": T.configs_not_chosen(trials),
-    }
+@dataclass(frozen=True)
+class TableSection:
+    """A table: ``build`` gives its raw frame (the CSV), ``show`` the frame as text (analysis.present).
+    ``caption`` may name the comparison level as {s}. ``shown``: a section of the page (else only its CSV and
+    LaTeX files)."""
+
+    name: str
+    title: str
+    caption: str
+    build: Callable[[Inputs], pd.DataFrame]
+    show: Callable[[pd.DataFrame, Inputs], present.Display]
+    shown: bool = True
 
 
-def _displays(raw: dict[str, pd.DataFrame], trials: pd.DataFrame) -> dict[str, D.Display]:
-    ok_settings = T.config_settings(T.ok_trials(trials))
-    labels = D.hyperparameter_labels(T.config_settings(trials))
-    return {
-        "summary": D.show_summary(raw["summary"]),
-        "comparison": D.show_comparison(raw["comparison"]),
-        "best_hyperparameters": D.show_best(raw["best_hyperparameters"], ok_settings),
-        "fixed_hyperparameters": D.show_fixed(raw["fixed_hyperparameters"]),
-        "pareto": D.show_pareto(raw["pareto"], labels),
-        "paired": D.show_paired(raw["paired"]),
-        "accounting": D.show_accounting(raw["accounting"]),
-        "not_ok": D.show_not_ok(raw["not_ok"], labels),
-        "not_chosen": D.show_not_chosen(raw["not_chosen"], labels),
-    }
+@dataclass(frozen=True)
+class FigureSection:
+    """A figure: ``data`` gives the arguments of ``render`` (a matplotlib Figure) and ``alt`` (its alt text),
+    or None where there is nothing to draw (then ``text``, if any, says why). ``caption`` may name the
+    comparison level as {s} and the importance threshold as {n}."""
 
-
-def _figures(tables: Tables, sparsity: float, importances: Importances | None) -> tuple[dict, dict]:
-    """(name -> Figure, name -> alt text), in SECTION_ORDER."""
-    trials = tables.trials
-    data = {
-        "sparsity": (P.plot_sparsity, P.sparsity_alt, P.sparsity_data(trials)),
-        "macs": (P.plot_macs, P.macs_alt, P.macs_data(trials)),
-        "layers": (P.plot_layer_sparsity, P.layer_sparsity_alt,
-                   (P.layer_sparsity_data(trials, tables.layers, sparsity),)),
-        "curves": (P.plot_curves, P.curves_alt, (P.curves_data(trials, tables.epochs, sparsity),)),
-        "admm": (P.plot_admm, P.admm_alt, (P.admm_data(trials, tables.epochs, sparsity),)),
-        "weights": (P.plot_weights, P.weights_alt, (P.weights_data(trials, tables.weights, sparsity),)),
-    }
-    if importances is not None and importances.studies:
-        data["importance"] = (P.plot_importance, P.importance_alt, (importances.studies,))
-    figures = {name: render(*args) for name, (render, _, args) in data.items()}
-    alts = {name: alt(*args) for name, (_, alt, args) in data.items()}
-    return figures, alts
-
-
-def build_report(tables: Tables, sparsity: float = 0.5, importances: Importances | None = None,
-                 search: S.Search | None = None) -> Report:
-    """Build every table, figure and sentence of the report from loaded tables. Pure apart from creating
-    Figures. ``importances`` (from :func:`importance_data`; None: not computed) gives the importance figure,
-    or the words saying why there is none; ``search`` (from :func:`analysis.summary.search_info`; None: the
-    sweep's default sampler assumed) sizes the caution about small studies."""
-    trials = tables.trials
-    raw = _tables(trials, sparsity, search or S.Search())
-    figures, alts = _figures(tables, sparsity, importances)
-    notes = [f"skipped {path}: {reason}" for path, reason in tables.skipped]
-    if raw["comparison"].empty:
-        notes.append(f"no finished trial at sparsity {100 * sparsity:.1f}%: the comparison table is empty "
-                     "(choose another level with --sparsity)")
-    return Report(raw, figures, sparsity, [display_name(e) for e in tables.experiments], notes,
-                  {"importance": _importance_text(importances)}, alts, _displays(raw, trials),
-                  D.answers(raw["summary"]),
-                  D.fixed_text(raw["fixed_hyperparameters"], T.config_settings(T.ok_trials(trials))), len(trials))
+    name: str
+    title: str
+    caption: str
+    data: Callable[[Inputs], Union[tuple, None]]
+    render: Callable[..., object]
+    alt: Callable[..., str]
+    text: Union[Callable[[Inputs], str], None] = None
 
 
 def _importance_text(importances: Importances | None) -> str:
@@ -212,6 +98,192 @@ def _importance_text(importances: Importances | None) -> str:
     return head + " ".join(shown + [f"{note}." for note in importances.notes])
 
 
+def _importance_data(inputs: Inputs) -> tuple | None:
+    studies = inputs.importances.studies if inputs.importances is not None else {}
+    return (studies,) if studies else None
+
+
+def _chosen(inputs: Inputs) -> pd.DataFrame:
+    return with_model_facts(best_hyperparameters(inputs.trials, inputs.sparsity), inputs.trials)
+
+
+SECTIONS: tuple[Union[TableSection, FigureSection], ...] = (
+    TableSection(
+        "summary", "Summary: which method wins",
+        "Per architecture and sparsity: final TEST accuracy of each method's configuration chosen on "
+        "VALIDATION, over the seeds both chosen configurations completed (pairs lost are said); the "
+        "difference is paired by seed. " + TEST_TEXT + " " + CHOICE_TEXT + " " + ACCURACY_TEXT,
+        lambda i: summary.summary_table(i.trials, i.search), lambda frame, i: present.show_summary(frame)),
+    TableSection(
+        "comparison", "Accuracy through the pruning stages",
+        "At sparsity {s}: each method's configuration chosen on VALIDATION (best mean final val accuracy over "
+        "all its seeds, column Val, among the configurations whose every seed finished ok), every other "
+        "accuracy on TEST. Post-prune = right after the hard projection, BatchNorm statistics re-estimated on "
+        "training data; stale BN = the same weights with the old statistics. Epochs = total budget (dense + "
+        "sparsify + fine-tune). " + ACCURACY_TEXT + " " + CONTROL_TEXT + " " + LEVEL_TEXT,
+        lambda i: comparison_table(i.trials, i.sparsity), lambda frame, i: present.show_comparison(frame)),
+    FigureSection(
+        "sparsity", "Accuracy against sparsity",
+        "Final VALIDATION accuracy against achieved sparsity for every configuration (faint dots), each "
+        "method's Pareto front (line), the dense control (dotted) and the dense start (dash-dot). Look at "
+        "which front lies higher at the sparsity you need, and whether it reaches the dotted line.",
+        lambda i: plots.sparsity_data(i.trials), plots.plot_sparsity, plots.sparsity_alt),
+    FigureSection(
+        "macs", "Accuracy against compute",
+        "Final TEST accuracy against nonzero multiply-accumulates per image: left is cheaper, up is better. "
+        "Compare each method's points with the dense control (star) at full cost; N:M models keep depthwise "
+        "layers dense, so they sit further right than uniform models at the same nominal sparsity.",
+        lambda i: plots.macs_data(i.trials), plots.plot_macs, plots.macs_alt),
+    FigureSection(
+        "layers", "Sparsity per layer",
+        "Achieved sparsity of every layer of each method's chosen model at sparsity {s} (or at any level "
+        "where none ran at {s}), in model order, coloured by layer kind; dashed ticks are the targets. Look "
+        "for hatched slots: layers kept dense (the first convolution by default, and the depthwise "
+        "convolutions under N:M), which is why such a model's overall sparsity is below its nominal one.",
+        lambda i: (plots.layer_sparsity_data(i.trials, i.tables.layers, i.sparsity),),
+        plots.plot_layer_sparsity, plots.layer_sparsity_alt),
+    FigureSection(
+        "curves", "Training curves",
+        "Training objective and validation accuracy (BatchNorm recalibrated) per epoch of each method's "
+        "chosen configuration; band = min to max over seeds; dotted lines separate the dense, sparsify and "
+        "fine-tune phases. Look at the step at the start of fine-tuning (the hard projection) and whether "
+        "fine-tuning recovers it.",
+        lambda i: (plots.curves_data(i.trials, i.tables.epochs, i.sparsity),), plots.plot_curves,
+        plots.curves_alt),
+    FigureSection(
+        "admm", "ADMM convergence",
+        "ADMM per sparsify epoch (chosen configuration, one colour per seed): the primal residual Σ‖W−Z‖² "
+        "(solid) should fall as W approaches the sparse set, far below the dense model's distance to the set "
+        "(dotted, where it starts); the dual residual ρ²Σ‖Z−Z_prev‖² (dashed) as the mask settles; rho is the "
+        "penalty weight (flat unless rho_growth > 1). Log axes where values span orders of magnitude.",
+        lambda i: (plots.admm_data(i.trials, i.tables.epochs, i.sparsity),), plots.plot_admm, plots.admm_alt),
+    FigureSection(
+        "weights", "Weight distributions",
+        "Distribution of all prunable weights of each chosen model: dense, end of the sparsify phase before "
+        "projection (pre_prune) and after fine-tuning (final); exact zeros counted apart (▼). Look at whether "
+        "a method already pulls the weights to be pruned towards zero before the projection.",
+        lambda i: (plots.weights_data(i.trials, i.tables.weights, i.sparsity),), plots.plot_weights,
+        plots.weights_alt),
+    FigureSection(
+        "importance", "Hyperparameter importance",
+        "Hyperparameter importance per Optuna study: PED-ANOVA for the study's first objective in its own "
+        "direction (which parameters set the best trials apart); shown only for studies with at least {n} "
+        "complete trials.",
+        _importance_data, plots.plot_importance, plots.importance_alt,
+        text=lambda i: _importance_text(i.importances)),
+    TableSection(
+        "best_hyperparameters", "Chosen configurations",
+        "Each method's configuration chosen at sparsity {s} on VALIDATION (mean final val accuracy over all "
+        "its seeds, every one finished ok), with the hyperparameters that vary in the sweep (trial ids in the "
+        "CSV), its model's nonzero parameters and multiply-accumulates per image, the size of its model file "
+        "(kept weights and a bitmask) beside the same model saved densely, the prunable layers a seed pruned "
+        "to zero (a cut network), and the command that exports it (mean over seeds).",
+        _chosen, lambda frame, i: present.show_best(frame, i.ok_settings)),
+    TableSection(
+        "fixed_hyperparameters", "Fixed hyperparameters", "Hyperparameters with one value in every finished trial.",
+        lambda i: fixed_hyperparameters(ok_trials(i.trials)), lambda frame, i: present.show_fixed(frame),
+        shown=False),
+    TableSection(
+        "pareto", "Pareto front: accuracy against sparsity",
+        "Non-dominated complete configurations per architecture and method (mean over all seeds), chosen on "
+        "VALIDATION accuracy against achieved sparsity, test accuracy beside; the dense control first. MACs = "
+        "multiply-accumulates per image counting nonzero weights. " + CONTROL_TEXT,
+        lambda i: pareto_front(i.trials), lambda frame, i: present.show_pareto(frame, i.labels)),
+    TableSection(
+        "paired", "Paired differences",
+        "Final TEST accuracy difference at each sparsity, paired by seed over the seeds both chosen "
+        "configurations completed (seeds only one completed are listed as lost), each method's configuration "
+        "at that level chosen on validation. " + TEST_TEXT + " " + LEVEL_TEXT,
+        lambda i: paired_comparison(i.trials, summary.FIRST, summary.SECOND),
+        lambda frame, i: present.show_paired(frame)),
+    TableSection(
+        "accounting", "Sweep accounting",
+        "Per architecture and method: trial rows, distinct configurations tried, how each ended (ok; "
+        "diverged: NaN/inf loss; failed: an exception; stopped: ended early by the scheduler; other), and "
+        "compute time (sum of trial wall times).",
+        lambda i: accounting(i.trials), lambda frame, i: present.show_accounting(frame)),
+    TableSection(
+        "not_ok", "Trials not scored",
+        "Trials that did not finish ok, with the hyperparameters that vary in the sweep; they are counted, "
+        "never scored.",
+        lambda i: diverged_trials(i.trials), lambda frame, i: present.show_not_ok(frame, i.labels)),
+    TableSection(
+        "not_chosen", "Configurations not chosen",
+        RULE + " Listed: every configuration that is not complete, with each seed's status and its mean val "
+        "accuracy over the seeds that finished ok (shown, never used to choose).",
+        lambda i: configs_not_chosen(i.trials), lambda frame, i: present.show_not_chosen(frame, i.labels)),
+)
+_SECTION = {s.name: s for s in SECTIONS}
+
+
+@dataclass
+class Report:
+    """Everything a report shows. ``tables``: raw DataFrames (the CSV files); ``displays``: the same tables
+    as text (analysis.present); ``figures``: matplotlib Figures with ``alts`` (alt text); ``texts``: words
+    under a figure or instead of a missing one; ``answers``: the summary in sentences; ``cautions``: words
+    beside the answer about the whole sweep (models cut in two); ``notes``: warnings (skipped files)."""
+
+    tables: dict[str, pd.DataFrame]
+    figures: dict[str, object]
+    sparsity: float
+    experiments: list[str]
+    notes: list[str] = field(default_factory=list)
+    texts: dict[str, str] = field(default_factory=dict)
+    alts: dict[str, str] = field(default_factory=dict)
+    displays: dict[str, present.Display] = field(default_factory=dict)
+    answers: list[present.Answer] = field(default_factory=list)
+    fixed: str = ""
+    n_trials: int = 0
+    cautions: list[str] = field(default_factory=list)
+
+
+def _figures(inputs: Inputs) -> tuple[dict, dict, dict]:
+    """(name -> Figure, name -> alt text, name -> words) of the figure sections, in reading order."""
+    figures, alts, texts = {}, {}, {}
+    for section in SECTIONS:
+        if not isinstance(section, FigureSection):
+            continue
+        args = section.data(inputs)
+        if args is not None:
+            figures[section.name], alts[section.name] = section.render(*args), section.alt(*args)
+        if section.text is not None:
+            texts[section.name] = section.text(inputs)
+    return figures, alts, texts
+
+
+def _cut_caution(trials: pd.DataFrame) -> list[str]:
+    """The caution about models with prunable layers pruned to zero, with which of them were chosen (at
+    their own level); [] when there are none."""
+    cut = cut_networks(trials)
+    if cut.empty:
+        return []
+    chosen = set()
+    for level in cut["sparsity_level"].dropna().unique():
+        chosen |= {i for ids in best_configs(trials, float(level))["trial_ids"] for i in ids.split(",")}
+    return [present.empty_layers_note(cut, chosen)]
+
+
+def build_report(tables: Tables, sparsity: float = 0.5, importances: Importances | None = None,
+                 search: summary.Search | None = None) -> Report:
+    """Build every table, figure and sentence of the report from loaded tables. Pure apart from creating
+    Figures. ``importances`` (from :func:`importance_data`; None: not computed) gives the importance figure,
+    or the words saying why there is none; ``search`` (from :func:`analysis.summary.search_info`; None: the
+    sweep's default sampler assumed) sizes the caution about small studies."""
+    inputs = Inputs(tables, sparsity, search or summary.Search(), importances)
+    table_sections = [s for s in SECTIONS if isinstance(s, TableSection)]
+    raw = {s.name: s.build(inputs) for s in table_sections}
+    displays = {s.name: s.show(raw[s.name], inputs) for s in table_sections}
+    figures, alts, texts = _figures(inputs)
+    notes = [f"skipped {path}: {reason}" for path, reason in tables.skipped]
+    if raw["comparison"].empty:
+        notes.append(f"no finished trial at sparsity {100 * sparsity:.1f}%: the comparison table is empty "
+                     "(choose another level with --sparsity)")
+    fixed = present.fixed_text(raw["fixed_hyperparameters"], inputs.ok_settings)
+    return Report(raw, figures, sparsity, [display_name(e) for e in tables.experiments], notes, texts, alts,
+                  displays, present.answers(raw["summary"]), fixed, len(inputs.trials),
+                  _cut_caution(inputs.trials))
+
+
 def figure_bytes(fig, fmt: str) -> bytes:
     """A figure rendered to PNG or SVG bytes."""
     buf = io.BytesIO()
@@ -219,32 +291,36 @@ def figure_bytes(fig, fmt: str) -> bytes:
     return buf.getvalue()
 
 
+def _under_table(name: str, report: Report) -> list[str]:
+    """Paragraphs under a table in every format: the fixed hyperparameters under the chosen configurations."""
+    return [f"Fixed: {report.fixed}."] if name == "best_hyperparameters" and report.fixed else []
+
+
 def latex_notes(name: str, report: Report) -> list[str]:
-    """Paragraphs under a LaTeX table: the answers (with cautions) under the summary, the fixed
-    hyperparameters under the chosen configurations."""
+    """Paragraphs under a LaTeX table: the answers (with cautions) and the sweep's cautions under the summary,
+    the fixed hyperparameters under the chosen configurations."""
     if name == "summary":
-        return [D.answer_text(a) for a in report.answers]
-    if name == "best_hyperparameters" and report.fixed:
-        return [f"Fixed: {report.fixed}."]
-    return []
+        return [present.answer_text(a) for a in report.answers] + [f"Caution: {c}" for c in report.cautions]
+    return _under_table(name, report)
 
 
-def table_caption(name: str, report: Report) -> str:
-    return TABLE_CAPTIONS[name].format(s=f"{100 * report.sparsity:.1f}%")
+def caption(name: str, report: Report) -> str:
+    """A section's caption, with the report's comparison level and the importance threshold filled in."""
+    return _SECTION[name].caption.format(s=f"{100 * report.sparsity:.1f}%", n=MIN_IMPORTANCE_TRIALS)
 
 
-def figure_caption(name: str, report: Report) -> str:
-    return FIGURE_CAPTIONS[name].format(s=f"{100 * report.sparsity:.1f}%", n=MIN_IMPORTANCE_TRIALS)
+table_caption = caption  # the name analysis.__main__ imports
 
 
 def sections(report: Report) -> list[str]:
     """Section names in reading order: the summary first, tables with rows or a reason, figures present
     or explained in words."""
-    return [n for n in SECTION_ORDER if n in report.displays or n in report.figures or n in report.texts]
+    return [s.name for s in SECTIONS if (s.name in report.displays and getattr(s, "shown", True))
+            or s.name in report.figures or s.name in report.texts]
 
 
 def title(name: str) -> str:
-    return TITLES.get(name) or FIGURE_TITLES[name]
+    return _SECTION[name].title
 
 
 # --- Markdown ----------------------------------------------------------------------------------------------------
@@ -257,18 +333,19 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(rows)
 
 
-def _markdown_display(display: D.Display) -> list[str]:
+def _markdown_display(display: present.Display) -> list[str]:
     if display.frame.empty:
         return ["_(no rows)_"]
-    notes = [f"{D.DASH}{D.superscript(i + 1)} {reason}" for i, reason in enumerate(display.footnotes)]
+    notes = [f"{present.DASH}{present.superscript(i + 1)} {reason}" for i, reason in enumerate(display.footnotes)]
     return [markdown_table(display.frame), *([""] + ["  \n".join(notes)] if notes else [])]
 
 
 def _markdown_answers(report: Report) -> list[str]:
-    answers, shared = D.shared_cautions(report.answers)
+    answers, shared = present.shared_cautions(report.answers)
     lines = [f"- **{a.headline}** {a.detail}" + (f"  \n  Caution: {a.caution}." if a.caution else "")
              for a in answers] or ["- No finished trial: nothing to compare yet."]
-    return lines + (["", f"Caution for every row above: {shared}."] if shared else [])
+    lines += ["", f"Caution for every row above: {shared}."] if shared else []
+    return lines + [line for c in report.cautions for line in ("", f"Caution: {c}")]
 
 
 def _markdown_section(name: str, report: Report, figure_files: dict[str, str] | None) -> list[str]:
@@ -276,11 +353,9 @@ def _markdown_section(name: str, report: Report, figure_files: dict[str, str] | 
     if name == "summary":
         lines += [*_markdown_answers(report), ""]
     if name in report.displays:
-        lines += [table_caption(name, report), "", *_markdown_display(report.displays[name])]
-        if name == "best_hyperparameters" and report.fixed:
-            lines += ["", f"Fixed: {report.fixed}."]
-        return lines
-    lines += [figure_caption(name, report), ""]
+        lines += [caption(name, report), "", *_markdown_display(report.displays[name])]
+        return lines + [line for text in _under_table(name, report) for line in ("", text)]
+    lines += [caption(name, report), ""]
     if report.texts.get(name):
         lines += [report.texts[name], ""]
     if figure_files and name in figure_files:
@@ -321,7 +396,7 @@ figure{margin:.5em 0}img{max-width:100%;height:auto}
 """
 
 
-def _html_table(display: D.Display) -> str:
+def _html_table(display: present.Display) -> str:
     if display.frame.empty:
         return "<p><i>(no rows)</i></p>"
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in display.frame.columns)
@@ -334,14 +409,14 @@ def _html_table(display: D.Display) -> str:
             cls = " class='text'" if col in display.text_columns else " class='name'" if col in names else ""
             cells.append(f"<td{cls}>{html.escape(str(value))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    notes = "".join(f"<p class='footnotes'>{D.DASH}{D.superscript(i + 1)} {html.escape(r)}</p>"
+    notes = "".join(f"<p class='footnotes'>{present.DASH}{present.superscript(i + 1)} {html.escape(r)}</p>"
                     for i, r in enumerate(display.footnotes))
     return (f"<div class='tablebox'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
             f"</div>{notes}")
 
 
 def _html_answers(report: Report) -> str:
-    answers, shared = D.shared_cautions(report.answers)
+    answers, shared = present.shared_cautions(report.answers)
     items = []
     for a in answers:
         caution = f"<br><span class='caution'>Caution: {html.escape(a.caution)}.</span>" if a.caution else ""
@@ -349,11 +424,11 @@ def _html_answers(report: Report) -> str:
     text = "<ul class='answers'>" + ("".join(items) or "<li>No finished trial: nothing to compare yet.</li>") + "</ul>"
     if shared:
         text += f"<p class='caution'>Caution for every row above: {html.escape(shared)}.</p>"
-    return text
+    return text + "".join(f"<p class='caution'>Caution: {html.escape(c)}</p>" for c in report.cautions)
 
 
 def _html_figure(name: str, report: Report) -> str:
-    parts = [f"<p class='caption'>{html.escape(figure_caption(name, report))}</p>"]
+    parts = [f"<p class='caption'>{html.escape(caption(name, report))}</p>"]
     if report.texts.get(name):
         parts.append(f"<p class='note'>{html.escape(report.texts[name])}</p>")
     if name in report.figures:
@@ -368,10 +443,9 @@ def _html_section(name: str, report: Report) -> str:
     if name == "summary":
         parts.append(_html_answers(report))
     if name in report.displays:
-        parts.append(f"<p class='caption'>{html.escape(table_caption(name, report))}</p>")
+        parts.append(f"<p class='caption'>{html.escape(caption(name, report))}</p>")
         parts.append(_html_table(report.displays[name]))
-        if name == "best_hyperparameters" and report.fixed:
-            parts.append(f"<p class='meta'>Fixed: {html.escape(report.fixed)}.</p>")
+        parts += [f"<p class='meta'>{html.escape(text)}</p>" for text in _under_table(name, report)]
     else:
         parts.append(_html_figure(name, report))
     if name == "summary":
@@ -393,7 +467,8 @@ def render_html(report: Report) -> str:
 
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
                   "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
-                  D.DASH: "---", D.MINUS: "$-$", "±": r"$\pm$", "‖": r"$\|$", "Σ": r"$\Sigma$", "ρ": r"$\rho$"}
+                  present.DASH: "---", present.MINUS: "$-$", "±": r"$\pm$", "‖": r"$\|$", "Σ": r"$\Sigma$",
+                  "ρ": r"$\rho$"}
 _LATEX_SPECIAL.update({ch: rf"\textsuperscript{{{i}}}" for i, ch in enumerate("⁰¹²³⁴⁵⁶⁷⁸⁹")})
 
 
@@ -401,14 +476,14 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
 
 
-def render_latex(display: D.Display, caption: str, notes: list[str] = ()) -> str:
+def render_latex(display: present.Display, caption: str, notes: list[str] = ()) -> str:
     """One display table as a LaTeX table environment with a plain tabular (no packages needed): prose
     columns as wrapping ``p{}`` columns, footnotes and ``notes`` (paragraphs) under the table."""
     frame = display.frame
     spec = "".join("p{4.5cm}" if c in display.text_columns else "l" for c in frame.columns)
     head = " & ".join(latex_escape(str(c)) for c in frame.columns) + r" \\"
     body = [" & ".join(latex_escape(str(v)) for v in r) + r" \\" for r in frame.itertuples(index=False)]
-    notes = [rf"\par\footnotesize {latex_escape(D.DASH + D.superscript(i + 1))} {latex_escape(r)}"
+    notes = [rf"\par\footnotesize {latex_escape(present.DASH + present.superscript(i + 1))} {latex_escape(r)}"
              for i, r in enumerate(display.footnotes)] + [rf"\par\footnotesize {latex_escape(n)}" for n in notes]
     return "\n".join([r"\begin{table}", r"\centering", rf"\caption{{{latex_escape(caption)}}}",
                       r"\begin{tabular}{" + (spec or "l") + "}", r"\hline", head, r"\hline", *body, r"\hline",

@@ -96,7 +96,7 @@ def _key(trials: pd.DataFrame, columns: tuple[str, ...]) -> pd.Series:
 
 def _experiment(trials: pd.DataFrame) -> pd.Series:
     """Each row's experiment (the folder it was read from, else the sweep's name), "" when unknown."""
-    cols = trials.reindex(columns=["experiment_dir", "experiment"])
+    cols = trials.reindex(columns=["experiment_dir", "experiment"]).astype(object)  # a missing column is float NaN
     return cols["experiment_dir"].fillna(cols["experiment"]).fillna("").astype(str)
 
 
@@ -625,4 +625,37 @@ def diverged_trials(trials: pd.DataFrame) -> pd.DataFrame:
     rows = rows[rows["status"] != "ok"]
     cols = [*GROUP, "trial_id", "seed", "status", "error", "sparsity_level", "target_sparsity",
             *[c for c in varying_hyperparameters(trials) if c != "target_sparsity"], "config", "epochs_run"]
+    return rows.reindex(columns=cols).sort_values([*GROUP, "trial_id"]).reset_index(drop=True)
+
+
+# --- the chosen models' files and health (the report's chosen configurations; the summary may call these) ----
+
+MODEL_FACTS = ("nonzero_params", "nonzero_macs", "model_bytes", "dense_bytes")  # averaged over a config's seeds
+
+
+def with_model_facts(chosen: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """``chosen`` (rows with ``trial_ids``: best_configs, best_hyperparameters) plus, over each row's trials:
+    the mean of MODEL_FACTS as ``<name>_mean`` (NaN where the results lack the column: written before schema
+    4), ``empty_layers_max`` (the most prunable layers one of its seeds pruned to zero: above 0 a sparsity set
+    cut the network) and ``experiment`` (its first trial's experiment folder: where the model is exported
+    from)."""
+    facts = trials.reindex(columns=["trial_id", *MODEL_FACTS, "empty_layers"]).assign(experiment=_experiment(trials))
+    facts = facts.drop_duplicates("trial_id").set_index("trial_id")
+    rows = []
+    for ids in chosen.reindex(columns=["trial_ids"])["trial_ids"]:
+        mine = facts.reindex([i for i in str(ids or "").split(",") if i])
+        row = {f"{c}_mean": pd.to_numeric(mine[c], errors="coerce").mean() for c in MODEL_FACTS}
+        row["empty_layers_max"] = pd.to_numeric(mine["empty_layers"], errors="coerce").max()
+        row["experiment"] = mine["experiment"].dropna().iloc[0] if mine["experiment"].notna().any() else ""
+        rows.append(row)
+    columns = [*(f"{c}_mean" for c in MODEL_FACTS), "empty_layers_max", "experiment"]
+    return pd.concat([chosen, pd.DataFrame(rows, index=chosen.index, columns=columns)], axis=1)
+
+
+def cut_networks(trials: pd.DataFrame) -> pd.DataFrame:
+    """The ok trials whose final model has prunable layers with no nonzero weight left (``empty_layers`` > 0:
+    the network is cut in two, its accuracy is chance), with their comparison level and configuration."""
+    cols = [*GROUP, "sparsity_level", "config", "trial_id", "seed", "empty_layers"]
+    rows = ok_trials(annotate(trials))
+    rows = rows[pd.to_numeric(rows.reindex(columns=["empty_layers"])["empty_layers"], errors="coerce") > 0]
     return rows.reindex(columns=cols).sort_values([*GROUP, "trial_id"]).reset_index(drop=True)
