@@ -231,6 +231,19 @@ def _confirmation_caution(trials: pd.DataFrame, row: dict) -> str:
     return ("confirmation not finished: " + ", ".join(words)) if words else ""
 
 
+def _unconfirmed_caution(trials: pd.DataFrame, row: dict, confirmed: set) -> str:
+    """Words for a tuning row without a confirmation row although confirmation trials ran at its level: they
+    are not of both configurations chosen now (a longer search changed the choice, or one method's
+    confirmation never finished ok)."""
+    if (row["arch"], row["sparsity_level"]) in confirmed:
+        return ""
+    rows = T.annotate(T.stage_trials(trials[trials["arch"] == row["arch"]], T.CONFIRMATION))
+    if not ((rows["sparsity_level"] - row["sparsity_level"]).abs() <= T.SPARSITY_TOL).any():
+        return ""
+    return ("confirmation trials ran at this level, but not ok on both configurations chosen now: run "
+            "python -m sweep confirm again")
+
+
 def _judged_on(stage: str, seeds: str, confirmed: bool) -> str:
     """Which seeds a summary row judges on (words for the answer and the table)."""
     if stage == T.CONFIRMATION:
@@ -253,7 +266,8 @@ def _stage_rows(trials: pd.DataFrame, stage: str, search: Search, confirmed: set
         mean, std = _control(trials, row, ids)
         cautions = [_seed_caution(row["n_pairs"]), _pairs_caution(row), _search_caution(configs, search),
                     _not_ok_caution(accounts[accounts["arch"] == row["arch"]]), _admm_caution(trials, row, ids),
-                    _confirmation_caution(trials, row) if stage == T.CONFIRMATION else ""]
+                    _confirmation_caution(trials, row) if stage == T.CONFIRMATION
+                    else _unconfirmed_caution(trials, row, confirmed)]
         rows.append({**row, "control_test_acc_mean": mean, "control_test_acc_std": std, "leader": leader,
                      "verdict": verdict, **{f"configurations_{m}": configs.get(m, 0) for m in (FIRST, SECOND)},
                      "methods": f"{FIRST},{SECOND}", "caution": CAUTION_SEPARATOR.join(c for c in cautions if c),

@@ -124,8 +124,10 @@ def confirm(args: argparse.Namespace, write: Callable[[str], None]) -> str:
     todo = pending(experiment, plan(chosen, seeds))
     space = without_params(sp.load_space(options["space"]), set(parse_set(options["set"])))
     run_options = with_overrides(options, args)
-    init_ray(bool(run_options.get("local")))
-    check_resources(run_options["cpus_per_trial"], run_options["gpus_per_trial"], local=bool(run_options.get("local")))
+    if todo:  # a finished confirmation needs no Ray
+        init_ray(bool(run_options.get("local")))
+        check_resources(run_options["cpus_per_trial"], run_options["gpus_per_trial"],
+                        local=bool(run_options.get("local")))
     write_options(experiment, {**options, CONFIRM_KEY: {"seeds": seeds}})  # before any trial: the analysis's truth
     write(f"confirmation: {len(chosen)} chosen configuration{'s' if len(chosen) != 1 else ''} on seeds "
           f"{', '.join(map(str, seeds))}: {len(todo)} trials to run, {len(chosen) * len(seeds) - len(todo)} done before")

@@ -350,15 +350,16 @@ def summarize(experiment: str) -> str:
         return f"no trial results in {experiment}"
     from .outcome import STATUSES
 
-    lines = [f"{'study':32} " + " ".join(f"{s:>8}" for s in STATUSES) + f" {'best final_val_acc':>20}"]
-    trials["study"] = trials["study"].fillna("")
+    trials["study"] = trials["study"].fillna("").astype(str)
     # confirmation trials (python -m sweep confirm) in their own line per study: they are not the search's
     confirm = trials.reindex(columns=["stage"])["stage"].eq(schema.CONFIRMATION)
     trials.loc[confirm, "study"] = trials.loc[confirm, "study"] + " (confirmation)"
+    width = max([32, *(len(s) for s in trials["study"])])
+    lines = [f"{'study':{width}} " + " ".join(f"{s:>8}" for s in STATUSES) + f" {'best final_val_acc':>20}"]
     for study, g in trials.groupby("study"):
         best = g.loc[g["status"] == "ok", "final_val_acc"].max()
         n = g["status"].value_counts()
-        lines.append(f"{study:32} " + " ".join(f"{n.get(s, 0):8d}" for s in STATUSES)
+        lines.append(f"{study:{width}} " + " ".join(f"{n.get(s, 0):8d}" for s in STATUSES)
                      + f" {best if not (isinstance(best, float) and math.isnan(best)) else float('nan'):20.4f}")
     lines.append(f"results: {experiment_path(experiment, 'results')}")
     if "://" in experiment:
