@@ -109,7 +109,15 @@ def _open_copy(storage_path: str, tmp: str):
 def _importances_from(storage_path: str) -> tuple[dict[str, StudyImportance], list[str]]:
     import optuna  # lazy: importing optuna costs a second; reports without a storage do not need it
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # for this read only: restored below
+    try:
+        return _read_importances(optuna, storage_path)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _read_importances(optuna, storage_path: str) -> tuple[dict[str, StudyImportance], list[str]]:
     with tempfile.TemporaryDirectory() as tmp:
         storage = _open_copy(storage_path, tmp)
         found, notes = {}, []
