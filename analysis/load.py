@@ -89,9 +89,9 @@ def _read_file(fs: pafs.FileSystem, path: str, name: str) -> pd.DataFrame:
     table = pq.read_table(path, filesystem=fs)
     schema.check_version(path, table.schema.metadata)
     frame = table.to_pandas()
-    for field in schema.TABLES[name]:  # an older readable version: the columns added since are null
-        if field.name not in frame.columns:
-            frame[field.name] = pd.Series([None] * len(frame), dtype=field.type.to_pandas_dtype())
+    for column in schema.TABLES[name]:  # an older readable version: the columns added since are null
+        if column.name not in frame.columns:
+            frame[column.name] = pd.Series([None] * len(frame), dtype=column.type.to_pandas_dtype())
     for key, value in _partition(path).items():
         frame[key] = value
     return frame

@@ -249,7 +249,7 @@ def show_summary(summary: pd.DataFrame) -> Display:
         (T_INTERVAL, lambda r: interval(r["ci95_lo"], r["ci95_hi"], "fewer than 2 paired seeds: no interval")),
         (SIGN_FLIP_P, lambda r: p_value(r["p_value"], "fewer than 2 paired seeds: no test")),
         ("Paired seeds", lambda r: count(r["n_pairs"])), ("Verdict", _verdict_text)]
-    if summary.reindex(columns=["judged_on"])["judged_on"].fillna("").astype(str).ne("").any():  # a confirmation
+    if summary.reindex(columns=["judged_on"])["judged_on"].astype(object).fillna("").astype(str).ne("").any():
         spec.insert(2, ("Judged on", lambda r: r["judged_on"] or "the tuning seeds"))
     return render(summary, spec)
 

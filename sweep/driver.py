@@ -249,7 +249,7 @@ def new_tuner(options: dict, space: sp.Space, run: Run, folder: str, total: int)
     return tune.Tuner(
         run.trainable,
         # reuse_actors: every trial asks for the same resources, and a fresh worker process per trial
-        # (torch import, cold start) cost ~5 s per trial here (python -m sweep.bench: 0.65 -> 0.88 of
+        # (torch import, cold start) cost ~5 s per trial here (python -m bench.sweep: 0.65 -> 0.88 of
         # the sweep's wall time inside trials); run_trial reseeds and sets threads on each trial
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=len(studies) * trials * options["seeds"], reuse_actors=True,
@@ -337,6 +337,26 @@ def trial_dirname(trial) -> str:
     return f"{c.get('_study', 'trial')}-{c.get('_optuna_trial', 0)}-s{c.get('seed', 0)}-{trial.trial_id}"
 
 
+def _chosen_per_study(experiment: str) -> dict[str, tuple[int, float]]:
+    """study -> (complete configurations, the best one's mean final_val_acc over its seeds): the shared rule
+    (results.selection, DESIGN rule 15), which is also what Optuna was told; tuning rows only."""
+    from analysis.load import ExperimentError, display_name, load_tables, read_sweep_options
+    from analysis.tables import config_summary, with_sweep_seeds
+
+    try:
+        tables = load_tables([experiment])
+    except (ExperimentError, OSError):
+        return {}
+    seeds = {display_name(experiment): read_sweep_options(experiment).get("seeds")}
+    summary = config_summary(with_sweep_seeds(tables.trials, seeds))
+    out = {}
+    for (arch, method), g in summary.groupby(["arch", "method"]):
+        complete = g[g["state"] == "complete"]
+        out[f"{arch}-{method}"] = (len(complete), float(complete["final_val_acc_mean"].max())
+                                   if len(complete) else math.nan)
+    return out
+
+
 def summarize(experiment: str) -> str:
     """Final table: per study, trials by status and the best final val accuracy; where the results are."""
     import pandas as pd
@@ -355,12 +375,16 @@ def summarize(experiment: str) -> str:
     confirm = trials.reindex(columns=["stage"])["stage"].eq(schema.CONFIRMATION)
     trials.loc[confirm, "study"] = trials.loc[confirm, "study"] + " (confirmation)"
     width = max([32, *(len(s) for s in trials["study"])])
-    lines = [f"{'study':{width}} " + " ".join(f"{s:>8}" for s in STATUSES) + f" {'best final_val_acc':>20}"]
+    chosen = _chosen_per_study(experiment)
+    lines = [f"{'study':{width}} " + " ".join(f"{s:>8}" for s in STATUSES)
+             + f" {'complete configs':>16} {'chosen final_val_acc':>20}"]
     for study, g in trials.groupby("study"):
-        best = g.loc[g["status"] == "ok", "final_val_acc"].max()
         n = g["status"].value_counts()
+        complete, best = chosen.get(study, (0, math.nan))
         lines.append(f"{study:{width}} " + " ".join(f"{n.get(s, 0):8d}" for s in STATUSES)
-                     + f" {best if not (isinstance(best, float) and math.isnan(best)) else float('nan'):20.4f}")
+                     + (f" {complete:16d} {best:20.4f}" if study in chosen else f" {'-':>16} {'-':>20}"))
+    lines.append("chosen: the best configuration whose every seed finished ok, by its mean over its seeds "
+                 "(results/selection.py)")
     lines.append(f"results: {experiment_path(experiment, 'results')}")
     if "://" in experiment:
         lines.append(f"report:  copy {experiment.partition('?')[0]} to a local folder (aws s3 sync / gsutil rsync), "

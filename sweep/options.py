@@ -318,7 +318,7 @@ def experiment_path(storage: str, name: str) -> str:
 def exists(path: str) -> bool:
     import pyarrow.fs as pafs
 
-    from results import schema, storage
+    from results import storage
 
     fs, p = storage.resolve(path)
     return fs.get_file_info(p).type != pafs.FileType.NotFound

@@ -33,7 +33,6 @@ from ray.tune.search import Searcher
 
 from results import selection
 
-from .options import SAMPLERS  # names are data (--help lists them without importing Optuna)
 from .outcome import trial_status
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ def test_quiet_console_sends_ray_optuna_and_warnings_to_the_log_file(tmp_path, c
 
     shown = []
     with console.quiet(verbose=False):
-        import ray  # noqa: F401 - as init_ray does: imported once the run is valid, then claimed
+        import ray  # noqa: F401  (as init_ray does: imported once the run is valid, then claimed)
 
         console.claim()
         logging.getLogger("ray.tune").warning("Experiment state snapshotting may become a bottleneck")

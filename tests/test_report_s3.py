@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from result_rows import ARCH, write_trial
-from results import schema, storage
+from results import storage
 
 
 @pytest.fixture

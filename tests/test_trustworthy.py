@@ -5,11 +5,8 @@ Each test names its defect and fails on the code that had it.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import io
 import math
-import shutil
 import threading
 
 import pytest
@@ -22,7 +19,7 @@ from trainables.data import load_splits
 from trainables.methods import (ADMM, admm_schedule, check_admm_schedule, effective_admm_updates,
                                 rescale_dual)
 from trainables.sparsity import make_sparsity_set
-from trainables.trial import (FileDenseStore, _bn_buffers, _Loaders, _Trial, evaluate_recalibrated,
+from trainables.trial import (FileDenseStore, _bn_buffers, _Trial, evaluate_recalibrated,
                               load_checkpoint, recalibrate_bn, run_trial)
 
 from helpers import TINY
