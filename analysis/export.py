@@ -81,7 +81,8 @@ def write_model(payload: bytes, out: str, fmt: str) -> None:
     wrapped = with_normalization(model, meta["mean"], meta["std"])
     example = torch.rand(2, 3, 32, 32)
     batch = torch.export.Dim("batch", min=1, max=65536)
-    tmp = f"{out}.tmp-{os.getpid()}"
+    folder, name = os.path.split(os.path.abspath(out))
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")  # same extension: torch.export checks it
     try:
         if fmt == "onnx":
             torch.onnx.export(wrapped, (example,), tmp, dynamo=True, dynamic_shapes=({0: batch},),
