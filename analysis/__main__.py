@@ -19,11 +19,11 @@ import sys
 from .export import FORMATS, export_command
 from .importance import importance_data
 from .load import (ExperimentError, check_experiment, display_name, load_tables, read_sweep_options,
-                   require_finished)
+                   require_finished, sweep_trials)
 from .report import (build_report, figure_bytes, latex_notes, render_html, render_latex, render_markdown,
                      table_caption)
 from .summary import search_info
-from .tables import confirm_seeds, with_sweep_seeds
+from .tables import with_sweep_options
 
 log = logging.getLogger("analysis")
 
@@ -112,8 +112,7 @@ def report_command(args) -> int:
     options = [read_sweep_options(e) for e in exps]
     search = search_info(options)
     # the sweep's --seeds: a configuration is judged on all of them (results.selection, DESIGN rule 15)
-    tables.trials = with_sweep_seeds(tables.trials, {display_name(e): o.get("seeds") for e, o in zip(exps, options)},
-                                     {display_name(e): confirm_seeds(o) for e, o in zip(exps, options)})
+    tables.trials = with_sweep_options(tables.trials, {display_name(e): o for e, o in zip(exps, options)})
     report = build_report(tables, args.sparsity, importances, search)
     write_report(report, out)
     print(f"report: {os.path.join(out, 'report.html')} ({len(tables.trials)} trials, "
@@ -125,11 +124,8 @@ def export(args) -> int:
     if not 0.0 <= args.sparsity < 1.0:
         raise ExperimentError(f"--sparsity: {args.sparsity} is not a fraction in [0, 1)")
     experiment = check_experiment(args.experiment)
-    tables = load_tables([experiment])
-    options = read_sweep_options(experiment)
-    trials = with_sweep_seeds(tables.trials, {display_name(experiment): options.get("seeds")})
-    done = export_command(experiment, trials, arch=args.arch, method=args.method, sparsity=args.sparsity,
-                          seed=args.seed, out=args.out, fmt=args.format)
+    done = export_command(experiment, sweep_trials(experiment), arch=args.arch, method=args.method,
+                          sparsity=args.sparsity, seed=args.seed, out=args.out, fmt=args.format)
     print(f"exported {args.arch} {args.method} at sparsity {args.sparsity:g}: trial {done['trial_id']} (seed "
           f"{done['seed']}, final val acc {done['final_val_acc']:.4f}, test {done['final_test_acc']:.4f}) -> "
           f"{done['out']} ({args.format})")

@@ -169,6 +169,16 @@ def require_finished(tables: Tables) -> None:
 SWEEP_OPTIONS = "sweep.json"  # the options a sweep ran with (sweep/cli.py writes it next to results/)
 
 
+def sweep_trials(experiment: str) -> pd.DataFrame:
+    """One experiment's trials with its sweep.json applied (tables.with_sweep_options: the seeds each
+    configuration must have), which is what the chosen configurations are computed from. Raises
+    ExperimentError when it is not an experiment."""
+    from .tables import with_sweep_options
+
+    return with_sweep_options(load_tables([experiment]).trials,
+                              {display_name(experiment): read_sweep_options(experiment)})
+
+
 def read_sweep_options(exp: str) -> dict:
     """The options an experiment's sweep ran with (``sweep.json``: sampler, trials, seeds, space, ...), or {}
     when there is none (trials run outside a sweep) or it cannot be parsed (logged)."""

@@ -113,6 +113,13 @@ def with_sweep_seeds(trials: pd.DataFrame, seeds: dict[str, int | None],
                             CONFIRM_SEEDS: column.map(listed)})
 
 
+def with_sweep_options(trials: pd.DataFrame, options: dict[str, dict]) -> pd.DataFrame:
+    """``trials`` with what each row's experiment's sweep.json says its configurations must have (``options``:
+    experiment folder as in ``experiment_dir`` -> its sweep.json): the --seeds and the confirmation seeds."""
+    return with_sweep_seeds(trials, {e: o.get("seeds") for e, o in options.items()},
+                            {e: confirm_seeds(o) for e, o in options.items()})
+
+
 def confirm_seeds(options: dict) -> list[int] | None:
     """The confirmation seeds a sweep's ``sweep.json`` options record ("confirm": {"seeds": [...]}), or None."""
     seeds = (options.get("confirm") or {}).get("seeds") if isinstance(options.get("confirm"), dict) else None
@@ -345,6 +352,14 @@ def best_configs(trials: pd.DataFrame, sparsity: float | None = None) -> pd.Data
     summary = summary.sort_values([*GROUP, "final_val_acc_mean", "config"], ascending=[True, True, False, True])
     return summary.groupby(list(GROUP), sort=True).head(1).reset_index(drop=True)
 
+
+
+def chosen_at_every_level(trials: pd.DataFrame) -> pd.DataFrame:
+    """:func:`best_configs` at every comparison level the tuning rows reached, in one frame (what the report,
+    ``--keep-models chosen`` and ``python -m sweep confirm`` call "the chosen configurations")."""
+    levels = sorted(stage_trials(annotate(trials))["sparsity_level"].dropna().astype(float).unique())
+    parts = [best for best in (best_configs(trials, level) for level in levels) if len(best)]
+    return pd.concat(parts, ignore_index=True) if parts else best_configs(trials.iloc[0:0])
 
 def _ok_annotated(trials: pd.DataFrame, stage: str = TUNING) -> pd.DataFrame:
     """The ok rows of ``trials`` of one stage, annotated over every row (so a configuration's id never depends

@@ -63,23 +63,22 @@ def chosen_configurations(experiment: str, options: dict) -> tuple[list[Chosen],
     """(each method's chosen configuration at each arch and comparison level, by the shared rule on the
     tuning rows; the seeds the tuning rows ran). UsageError naming NAME when there is none."""
     from analysis.load import ExperimentError, display_name, load_tables
-    from analysis.tables import annotate, best_configs, stage_trials, with_sweep_seeds
+    from analysis.tables import annotate, chosen_at_every_level, stage_trials, with_sweep_options
 
     try:
         trials = load_tables([experiment]).trials
     except ExperimentError as e:
         raise UsageError("NAME", f"no results to confirm ({e})") from None
-    trials = with_sweep_seeds(trials, {display_name(experiment): options.get("seeds")})
+    trials = with_sweep_options(trials, {display_name(experiment): options})
     rows = annotate(trials)
     tuning = stage_trials(rows)
     chosen: dict[tuple, Chosen] = {}
-    for level in sorted(tuning["sparsity_level"].dropna().astype(float).unique()):
-        for best in best_configs(trials, level).to_dict("records"):
-            first = rows[rows["trial_id"] == best["trial_ids"].split(",")[0]].iloc[0]
-            key = (best["arch"], best["method"], best["config"])
-            chosen.setdefault(key, Chosen(best["arch"], best["method"], best["config"], float(level),
-                                          str(first["study"] or ""), int(first["optuna_trial"]),
-                                          json.loads(first["config_json"])))
+    for best in chosen_at_every_level(trials).to_dict("records"):
+        first = rows[rows["trial_id"] == best["trial_ids"].split(",")[0]].iloc[0]
+        key = (best["arch"], best["method"], best["config"])
+        chosen.setdefault(key, Chosen(best["arch"], best["method"], best["config"], float(best["sparsity_level"]),
+                                      str(first["study"] or ""), int(first["optuna_trial"]),
+                                      json.loads(first["config_json"])))
     if not chosen:
         raise UsageError("NAME", f"{display_name(experiment)} has no complete configuration to confirm (every seed "
                                  "of a configuration must finish ok before it can be chosen): finish the sweep "

@@ -340,15 +340,13 @@ def trial_dirname(trial) -> str:
 def _chosen_per_study(experiment: str) -> dict[str, tuple[int, float]]:
     """study -> (complete configurations, the best one's mean final_val_acc over its seeds): the shared rule
     (results.selection, DESIGN rule 15), which is also what Optuna was told; tuning rows only."""
-    from analysis.load import ExperimentError, display_name, load_tables, read_sweep_options
-    from analysis.tables import config_summary, with_sweep_seeds
+    from analysis.load import ExperimentError, sweep_trials
+    from analysis.tables import config_summary
 
     try:
-        tables = load_tables([experiment])
+        summary = config_summary(sweep_trials(experiment))
     except (ExperimentError, OSError):
         return {}
-    seeds = {display_name(experiment): read_sweep_options(experiment).get("seeds")}
-    summary = config_summary(with_sweep_seeds(tables.trials, seeds))
     out = {}
     for (arch, method), g in summary.groupby(["arch", "method"]):
         complete = g[g["state"] == "complete"]

@@ -10,23 +10,19 @@ from results import schema, storage
 
 def keep_chosen_models(experiment: str) -> tuple[int, int]:
     """Delete every model file of ``experiment`` except the chosen configurations' seeds; (kept, deleted)."""
-    from analysis.load import ExperimentError, display_name, load_tables, read_sweep_options
-    from analysis.tables import annotate, best_configs, with_sweep_seeds
+    from analysis.load import ExperimentError, sweep_trials
+    from analysis.tables import annotate, chosen_at_every_level
 
     try:
-        tables = load_tables([experiment])
+        trials = sweep_trials(experiment)
     except ExperimentError:
         return 0, 0  # no results yet: nothing to keep or delete
-    seeds = {display_name(experiment): read_sweep_options(experiment).get("seeds")}
-    trials = with_sweep_seeds(tables.trials, seeds)
     if trials.empty:
         return 0, 0
     rows = annotate(trials)
-    chosen: set[str] = set()
-    for level in sorted(rows["sparsity_level"].dropna().astype(float).unique()):
-        for _, best in best_configs(trials, level).iterrows():
-            same = (rows["arch"] == best["arch"]) & (rows["method"] == best["method"]) & (rows["config"] == best["config"])
-            chosen |= set(rows.loc[same, "trial_id"])
+    best = chosen_at_every_level(trials)
+    # every row of a chosen configuration keeps its model: its tuning seeds and its confirmation seeds
+    chosen = set(rows.merge(best[["arch", "method", "config"]].drop_duplicates())["trial_id"])
     kept = deleted = 0
     for _, row in rows[rows["status"] == "ok"].iterrows():
         rel = schema.model_path(arch=row["arch"], method=row["method"], trial_id=row["trial_id"])

@@ -63,3 +63,17 @@ def write_fake_cifar100(root, n_train_per_class: int = 3, n_test_per_class: int 
 def read_pickle(path) -> dict:
     with open(path, "rb") as f:
         return pickle.load(f, encoding="bytes")
+
+
+def damage_file(path: str, how: str) -> None:
+    """Break a dataset file the way a bad copy does: ``missing``, ``truncated`` (half of it), ``corrupt``."""
+    if how == "missing":
+        os.remove(path)
+    elif how == "truncated":
+        with open(path, "rb") as f:
+            data = f.read()
+        with open(path, "wb") as f:
+            f.write(data[: len(data) // 2])
+    else:
+        with open(path, "wb") as f:
+            f.write(b"not a pickle")

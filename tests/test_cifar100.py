@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cifar_fixture import CIFAR100_FILES, read_pickle, write_fake_cifar100
+from cifar_fixture import CIFAR100_FILES, damage_file, read_pickle, write_fake_cifar100
 from helpers import TINY, train_args
 from trainables.config import NUM_CLASSES, ConfigError, DataConfig, TrialConfig
 from trainables.data import CIFAR100_MEAN, CIFAR100_STD, DataError, load_splits
@@ -79,13 +79,7 @@ def test_validation_split_is_carved_as_for_cifar10(cifar100_dir, tmp_path, split
 def test_bad_file_is_a_data_error_naming_it(tmp_path, name, damage):
     folder = write_fake_cifar100(tmp_path, n_train_per_class=1)
     path = os.path.join(folder, name)
-    if damage == "missing":
-        os.remove(path)
-    elif damage == "truncated":
-        data = open(path, "rb").read()
-        open(path, "wb").write(data[: len(data) // 2])
-    else:
-        open(path, "wb").write(b"not a pickle")
+    damage_file(path, damage)
     with pytest.raises(DataError) as err:
         load_splits(DataConfig(dataset="cifar100", data_dir=str(tmp_path)))
     assert err.value.field == "data_dir" and path in err.value.message

@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from tests.cifar_fixture import write_fake_cifar10
+from tests.cifar_fixture import damage_file, write_fake_cifar10
 from trainables.config import DataConfig
 from trainables.data import DataError, Loader, augment_batch, load_splits, read_cifar10_folder
 
@@ -24,13 +24,7 @@ def test_cifar_reader_round_trip(tmp_path):
 def test_bad_batch_file_names_it(tmp_path, damage):
     folder = write_fake_cifar10(tmp_path, n_train_per_batch=4, n_test=4)
     path = os.path.join(folder, "data_batch_3")
-    if damage == "missing":
-        os.remove(path)
-    elif damage == "truncated":
-        data = open(path, "rb").read()
-        open(path, "wb").write(data[: len(data) // 2])
-    else:
-        open(path, "wb").write(b"not a pickle")
+    damage_file(path, damage)
     with pytest.raises(DataError, match="data_batch_3") as err:
         load_splits(DataConfig(dataset="cifar10", data_dir=str(tmp_path)))
     assert err.value.field == "data_dir"
