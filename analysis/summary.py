@@ -6,7 +6,7 @@ Configurations are chosen by the shared rule (``results.selection``, DESIGN rule
 a verdict comes from the exact sign-flip test (``analysis.significance``, DESIGN rule 16), never from a
 t-interval that may have zero width: "wins" needs p <= ALPHA, which needs at least 6 pairs.
 
-The two methods compared are the first two of the registry (``trainables.config.METHODS``), first minus
+The two methods compared are the first two of the registry (``vocabulary.config.METHODS``), first minus
 second, as in :func:`analysis.tables.paired_comparison`.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from trainables.config import METHODS
+from vocabulary.config import METHODS
 
 from results import selection
 

@@ -31,7 +31,7 @@ import pandas as pd
 from scipy import stats
 
 from results import schema, selection
-from trainables.config import dense_fields
+from vocabulary.config import dense_fields
 
 from . import significance as SIG
 

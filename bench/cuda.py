@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from trainables.config import DataConfig
+from vocabulary.config import DataConfig
 from trainables.methods import Dense
 from trainables.models import build_model
 

@@ -87,7 +87,7 @@ def run_back_to_back(flat: dict[str, Any], n: int, folder: str) -> dict[str, Any
     -> return (the same stretches a sweep trial's ``train()`` calls cover). Writes dense models and Parquet
     tables under ``folder`` (checkpoints are deleted again by run_trial).
     """
-    from trainables.config import TrialConfig
+    from vocabulary.config import TrialConfig
     from trainables.data import load_splits
     from trainables.trial import FileDenseStore, run_trial
 

@@ -1,6 +1,6 @@
 """The results schema: table names, columns, types and version, shared by the writer and the reader.
 
-Imports pyarrow, ``results.storage`` and the torch-free ``trainables.config`` only (never torch or Ray), so ``analysis`` can read
+Imports pyarrow, ``results.storage`` and the torch-free ``vocabulary.config`` only (never torch or Ray), so ``analysis`` can read
 results with light dependencies. The trials table's hyperparameter columns are generated from TrialConfig
 (``config.hyperparameter_fields``): a new config field reaches the results and the analysis grouping by itself.
 
@@ -28,7 +28,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from results import storage
-from trainables.config import all_fields, hyperparameter_fields
+from vocabulary.config import all_fields, hyperparameter_fields
 
 # 2: hyperparameter columns generated from TrialConfig, dense control, mask_changes
 # 3: dense_distance, pre_prune_distance (how far the weights are from the sparse set before pruning)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from results.schema import STATUSES
-from trainables.config import precision
+from vocabulary.config import precision
 
 COMPLETE, DIVERGED, STOPPED, INCOMPLETE = "complete", "diverged", "stopped", "incomplete"
 # in precedence order: one diverged seed makes the configuration diverged whatever its other seeds did
@@ -66,7 +66,7 @@ def device_type(device: str | None) -> str | None:
 
 
 def device_precision(kind: str | None) -> str | None:
-    """The compute precision a device type runs at (trainables.config.precision); None if unknown."""
+    """The compute precision a device type runs at (vocabulary.config.precision); None if unknown."""
     return None if kind is None else precision(kind)
 
 

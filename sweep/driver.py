@@ -26,7 +26,7 @@ import math
 import os
 from typing import Any, Callable
 
-from trainables.config import TrialConfig
+from vocabulary.config import TrialConfig
 
 from . import console, spaces as sp
 from .options import (JOURNAL, OPTIONS_FILE, UsageError, asha_max_t, build_parser, check_data, exists,
@@ -270,7 +270,7 @@ def finish(experiment: str, options: dict, write: Callable[[str], None]) -> None
 def study_attrs(space: sp.Space, arch: str, method: str, base: dict[str, Any]) -> dict[str, Any]:
     """What a study is, as Optuna user attributes (optuna-dashboard shows them): the space and its searched
     ranges, arch, method, and the dense recipe every trial of the study starts from."""
-    from trainables.config import dense_fields
+    from vocabulary.config import dense_fields
 
     cfg = TrialConfig.from_dict({**base, "arch": arch, "method": method})
     flat = cfg.to_dict()

@@ -7,7 +7,7 @@ import argparse
 import os
 from typing import Any
 
-from trainables.config import ARCHS, DATA_FOLDERS, DATASETS, ConfigError, TrialConfig, field_help, field_owners
+from vocabulary.config import ARCHS, DATA_FOLDERS, DATASETS, ConfigError, TrialConfig, field_help, field_owners
 
 from . import spaces as sp
 
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                           f"{' or '.join(DATA_FOLDERS)}")
     run.add_argument("--trials", type=int, default=8, help="Optuna configurations per (arch, method) study")
     run.add_argument("--seeds", type=int, default=1, help="seeds per configuration (mean told to Optuna)")
-    helps = field_help()  # the trial options' help is their field's comment in trainables/config.py
+    helps = field_help()  # the trial options' help is their field's comment in vocabulary/config.py
     run.add_argument("--width", type=float, default=0.5, help=f"{helps['width']} [default: 0.5]")
     run.add_argument("--dense-epochs", type=int, default=4, help=f"{helps['dense_epochs']}: trained once per "
                      "(arch, seed, recipe) and shared by every trial that starts from it [default: 4]")

@@ -23,7 +23,7 @@ import ray
 from ray import tune
 
 from results import schema
-from trainables.config import TrialConfig
+from vocabulary.config import TrialConfig
 from results.storage import read_bytes, write_bytes
 
 from .outcome import trial_status

@@ -26,7 +26,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from trainables.config import ARCHS, METHODS, ConfigError, TrialConfig, field_owners
+from vocabulary.config import ARCHS, METHODS, ConfigError, TrialConfig, field_owners
 
 KINDS = ("float", "int", "categorical", "fixed")
 

@@ -25,7 +25,7 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 @pytest.fixture(scope="session")
 def tiny_splits():
     """The data splits of TINY (synthetic, 256 + 64 images), loaded once; tests must not modify them."""
-    from trainables.config import TrialConfig
+    from vocabulary.config import TrialConfig
     from trainables.data import load_splits
 
     return load_splits(TrialConfig.from_dict(TINY).data)

@@ -48,7 +48,7 @@ SPLITS = ("val", "test")
 
 
 def project_config(args, method: str, rho: float, seed: int) -> dict:
-    from trainables.config import field_owners
+    from vocabulary.config import field_owners
 
     cfg = {"dataset": "cifar10", "data_dir": args.data_dir, "arch": args.arch, "width": args.width,
            "method": method, "schedule": "per_step", "sparsity_set": "uniform", "sparsity": args.sparsity,
@@ -63,7 +63,7 @@ def project_config(args, method: str, rho: float, seed: int) -> dict:
 
 def check_project_configs(args, seeds) -> None:
     """Validate every project configuration (and, where the project has it, its data-dependent check)."""
-    from trainables.config import TrialConfig
+    from vocabulary.config import TrialConfig
     from trainables.data import load_splits
 
     for seed in seeds:
@@ -94,7 +94,7 @@ def project_draws(args, seed: int) -> Draws:
     reference only receives numbers and tensors."""
     import torch
 
-    from trainables.config import TrialConfig
+    from vocabulary.config import TrialConfig
     from trainables.data import load_splits
     from trainables.trial import _Loaders, seed_everything
 

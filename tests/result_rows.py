@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from results import schema
-from trainables.config import TrialConfig
+from vocabulary.config import TrialConfig
 
 ARCH = "mobilenet_v2"
 

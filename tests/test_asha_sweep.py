@@ -92,7 +92,7 @@ def test_two_seed_asha_sweep_resumes_after_a_kill_and_optuna_agrees_with_the_tab
 
     from analysis.tables import annotate, best_configs
     from results import schema
-    from trainables.config import TrialConfig
+    from vocabulary.config import TrialConfig
     from trainables.data import Loader, load_splits
     from trainables.model_file import load_model
 

@@ -17,7 +17,7 @@ import torch
 
 from cifar_fixture import CIFAR100_FILES, damage_file, read_pickle, write_fake_cifar100
 from helpers import TINY, train_args
-from trainables.config import NUM_CLASSES, ConfigError, DataConfig, TrialConfig
+from vocabulary.config import NUM_CLASSES, ConfigError, DataConfig, TrialConfig
 from trainables.data import CIFAR100_MEAN, CIFAR100_STD, DataError, load_splits
 from trainables.trial import run_trial
 
@@ -115,7 +115,7 @@ def test_the_download_lands_where_the_reader_looks():
     """The download path (no network here): torchvision's CIFAR100 writes the layout read_cifar100_folder reads."""
     from torchvision.datasets import CIFAR10, CIFAR100
 
-    from trainables.config import DATA_FOLDERS
+    from vocabulary.config import DATA_FOLDERS
 
     assert CIFAR100.base_folder == DATA_FOLDERS["cifar100"] and CIFAR10.base_folder == DATA_FOLDERS["cifar10"]
     assert [f for f, _ in CIFAR100.train_list + CIFAR100.test_list] + [CIFAR100.meta["filename"]] == \

@@ -7,7 +7,7 @@ import argparse
 import json
 import os
 
-from trainables import config as C
+from vocabulary import config as C
 
 
 def _options(parser: argparse.ArgumentParser, command: str) -> list[argparse.Action]:
@@ -18,7 +18,7 @@ def _options(parser: argparse.ArgumentParser, command: str) -> list[argparse.Act
 def test_every_config_field_has_a_comment():
     helps = C.field_help()
     missing = [name for name in C.field_owners() if not helps.get(name)]
-    assert not missing, f"fields without a comment in trainables/config.py: {missing}"
+    assert not missing, f"fields without a comment in vocabulary/config.py: {missing}"
 
 
 def test_trainables_train_options_all_have_help_with_allowed_values():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from trainables.config import ConfigError, TrialConfig, field_owners
+from vocabulary.config import ConfigError, TrialConfig, field_owners
 
 
 def test_round_trip_flat_dict():

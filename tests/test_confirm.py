@@ -25,7 +25,7 @@ import pytest
 
 import helpers
 from results import schema
-from trainables.config import TrialConfig
+from vocabulary.config import TrialConfig
 
 ARCH = "mobilenet_v2"
 

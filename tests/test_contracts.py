@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainables import config as C
+from vocabulary import config as C
 from trainables.methods import MAGNITUDE_SCHEDULES, METHODS, MaskedFinetune, make_method
 from trainables.models import build_model
 from trainables.sparsity import SETS, make_sparsity_set, prunable_parameters
@@ -230,7 +230,7 @@ def test_admm_differs_from_both_magnitude_variants(kind):
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_a_methods_config_fields_reach_the_trials_table_and_the_grouping(method):
-    """Adding a method means its module (and METHODS) plus its fields in trainables/config.py (METHOD_FIELDS):
+    """Adding a method means its module (and METHODS) plus its fields in vocabulary/config.py (METHOD_FIELDS):
     nothing else may need a hand edit for its hyperparameters to be recorded and to split configurations."""
     import pandas as pd
 

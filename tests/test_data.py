@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.cifar_fixture import damage_file, write_fake_cifar10
-from trainables.config import DataConfig
+from vocabulary.config import DataConfig
 from trainables.data import DataError, Loader, augment_batch, load_splits, read_cifar10_folder
 
 

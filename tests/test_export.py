@@ -10,7 +10,7 @@ import torch
 from analysis.__main__ import main
 from helpers import TINY
 from results import schema
-from trainables.config import TrialConfig
+from vocabulary.config import TrialConfig
 from trainables.data import load_splits
 from trainables.model_file import load_model, with_normalization
 from trainables.trial import run_trial

@@ -12,7 +12,7 @@ import torch
 from helpers import TINY
 from results import schema
 from trainables import model_file
-from trainables.config import TrialConfig
+from vocabulary.config import TrialConfig
 from trainables.data import Loader, load_splits
 from trainables.models import build_model
 from trainables.sparsity import make_sparsity_set, prunable_parameters

@@ -15,7 +15,7 @@ import torch
 
 from tests import reference_loop as ref
 from tests.photo_cifar import write_photo_cifar
-from trainables.config import DataConfig
+from vocabulary.config import DataConfig
 from trainables.data import CIFAR10_MEAN, CIFAR10_STD, Loader, augment_batch, load_splits, read_cifar10_folder
 from trainables.models import build_model
 from trainables.sparsity import UniformSet, prunable_parameters
@@ -182,7 +182,7 @@ def test_project_equals_the_reference_given_the_same_draws(photo_dir, tmp_path, 
     same ADMM residuals. A recipe difference anywhere (lr schedule, weight decay, momentum, loss, which
     weights are prunable, the projection, the mask, the Z/U update, the recalibration, the split) breaks it."""
     from tests.reference_compare import project_config, project_draws
-    from trainables.config import TrialConfig
+    from vocabulary.config import TrialConfig
     from trainables.data import load_splits
     from trainables.trial import FileDenseStore, run_trial
 

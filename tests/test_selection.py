@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from results import schema, selection
-from trainables.config import TrialConfig
+from vocabulary.config import TrialConfig
 
 ARCH = "mobilenet_v2"
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from trainables.config import ConfigError, TrialConfig
+from vocabulary.config import ConfigError, TrialConfig
 from trainables.data import Loader
 from trainables.models import build_model
 from trainables.trial import FileDenseStore, _bn_buffers, _Trial, evaluate, recalibrate_bn, run_trial

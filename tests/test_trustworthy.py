@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainables import config as C
-from trainables.config import ConfigError, TrialConfig
+from vocabulary import config as C
+from vocabulary.config import ConfigError, TrialConfig
 from trainables.data import load_splits
 from trainables.methods import (ADMM, admm_schedule, check_admm_schedule, effective_admm_updates,
                                 rescale_dual)

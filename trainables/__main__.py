@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 
-from trainables import config as C
+from vocabulary import config as C
 from trainables.progress import duration
 
 
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def option_help(f, helps: dict[str, str]) -> str:
-    """A field's help: its comment in trainables/config.py, the allowed values, its default."""
+    """A field's help: its comment in vocabulary/config.py, the allowed values, its default."""
     text = helps.get(f.name) or f.name.replace("_", " ")
     choices = C.CHOICES.get(f.name)
     if choices:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trainables.config import DATA_FOLDERS, NUM_CLASSES, DataConfig
+from vocabulary.config import DATA_FOLDERS, NUM_CLASSES, DataConfig
 
 log = logging.getLogger(__name__)
 

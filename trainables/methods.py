@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from trainables.config import ConfigError, PruneConfig
+from vocabulary.config import ConfigError, PruneConfig
 from trainables.sparsity import SparsitySet
 
 Project = Callable[[list[Tensor]], list[Tensor]]

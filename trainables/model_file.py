@@ -80,7 +80,7 @@ def decode(payload: bytes) -> dict[str, Any]:
 def load_model(payload: bytes) -> tuple[nn.Module, dict[str, Any]]:
     """(the torchvision model in eval mode, the file's metadata: trial_id, config, mean, std) from a model
     file's bytes: the architecture rebuilt from its config, exact zeros where pruned."""
-    from trainables.config import TrialConfig
+    from vocabulary.config import TrialConfig
     from trainables.models import build_model
 
     file = decode(payload)

@@ -10,7 +10,7 @@ import logging
 import math
 from typing import Any, Mapping
 
-from trainables.config import TrialConfig
+from vocabulary.config import TrialConfig
 
 log = logging.getLogger("trainables.progress")
 

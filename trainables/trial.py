@@ -29,7 +29,7 @@ from torch import nn
 
 from results import schema, storage
 from trainables import model_file, progress
-from trainables.config import ConfigError, TrialConfig, precision
+from vocabulary.config import ConfigError, TrialConfig, precision
 from trainables.data import Loader, Splits, load_splits
 from trainables.methods import (Dense, MaskedFinetune, PruningMethod, check_admm_schedule, check_gradual_schedule,
                                 make_method)

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from bench.semistructured import latency_rows, prune_2to4_
-from trainables.config import TrialConfig
+from vocabulary.config import TrialConfig
 from trainables.data import Loader, load_splits
 from trainables.methods import Dense
 from trainables.models import build_model
