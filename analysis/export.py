@@ -17,7 +17,7 @@ import os
 
 import pandas as pd
 
-from results import schema, storage
+from results import files, schema
 
 from .load import ExperimentError, display_name
 from .tables import SPARSITY_TOL, annotate, best_configs
@@ -30,7 +30,7 @@ def export_command(experiment: str, trials: pd.DataFrame, *, arch: str, method: 
     """Find the chosen model, check ``out``, write it; returns what was exported (trial id, seed, config)."""
     row = chosen_row(trials, arch=arch, method=method, sparsity=sparsity, seed=seed)
     rel = schema.model_path(arch=arch, method=method, trial_id=row["trial_id"])
-    payload = storage.read_bytes(experiment, rel)
+    payload = files.read_bytes(experiment, rel)
     if payload is None:
         raise ExperimentError(f"--seed: no model kept for trial {row['trial_id']} (seed {row['seed']}) of the chosen "
                               f"configuration in {display_name(experiment)}: the sweep ran with --keep-models "

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 
-from results.storage import resolve
+from results.files import resolve
 
 from .load import display_name, find_optuna_storage
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from results import schema, storage
+from results import files, schema
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def check_experiment(path: str) -> str:
     else:
         path = os.path.abspath(path)
     try:
-        fs, base = storage.resolve(path)
+        fs, base = files.resolve(path)
         kind = fs.get_file_info(base).type
         trials_kind = fs.get_file_info(posixpath.join(base, schema.RESULTS_DIR, "trials")).type
     except (OSError, ValueError) as exc:  # unreachable endpoint, unknown bucket, bad URI
@@ -121,7 +121,7 @@ def _empty(name: str) -> pd.DataFrame:
 def _load_table(exps: list[str], name: str, strict: bool, skipped: list[tuple[str, str]]) -> pd.DataFrame:
     frames = []
     for exp in exps:
-        fs, base = storage.resolve(exp)
+        fs, base = files.resolve(exp)
         for path in _table_files(fs, base, name):
             shown = path if not _is_uri(exp) else f"{display_name(exp)}/{posixpath.relpath(path, base)}"
             try:
@@ -182,7 +182,7 @@ def sweep_trials(experiment: str) -> pd.DataFrame:
 def read_sweep_options(exp: str) -> dict:
     """The options an experiment's sweep ran with (``sweep.json``: sampler, trials, seeds, space, ...), or {}
     when there is none (trials run outside a sweep) or it cannot be parsed (logged)."""
-    raw = storage.read_bytes(exp, SWEEP_OPTIONS)
+    raw = files.read_bytes(exp, SWEEP_OPTIONS)
     if raw is None:
         return {}
     try:
@@ -197,7 +197,7 @@ def read_sweep_options(exp: str) -> dict:
 def _is_file(path: str) -> bool:
     """Whether ``path`` (local, or a URI with its query options) is a file; False when it cannot be read."""
     try:
-        fs, base = storage.resolve(path)
+        fs, base = files.resolve(path)
         return fs.get_file_info(base).type == pafs.FileType.File
     except (OSError, ValueError):
         return False
@@ -214,14 +214,14 @@ def find_optuna_storage(exp: str) -> str | None:
     for stored in (options.get("optuna_storage"), options.get("storage")):
         if isinstance(stored, str) and stored:
             stored = stored.removeprefix("sqlite:///")
-            candidate = stored if "://" in stored or os.path.isabs(stored) else storage.join(exp, stored)
+            candidate = stored if "://" in stored or os.path.isabs(stored) else files.join(exp, stored)
             if _is_file(candidate):
                 return candidate
     for name in ("optuna.db", "optuna.sqlite", "optuna.sqlite3"):
-        if _is_file(storage.join(exp, name)):
-            return storage.join(exp, name)
-    fs, base = storage.resolve(exp)
+        if _is_file(files.join(exp, name)):
+            return files.join(exp, name)
+    fs, base = files.resolve(exp)
     infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     journals = sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.File
                       and i.path.endswith((".log", ".journal")))
-    return storage.join(exp, journals[0]) if journals else None
+    return files.join(exp, journals[0]) if journals else None

@@ -1,6 +1,6 @@
 """The results schema: table names, columns, types and version, shared by the writer and the reader.
 
-Imports pyarrow, ``results.storage`` and the torch-free ``vocabulary.config`` only (never torch or Ray), so ``analysis`` can read
+Imports pyarrow, ``results.files`` and the torch-free ``vocabulary.config`` only (never torch or Ray), so ``analysis`` can read
 results with light dependencies. The trials table's hyperparameter columns are generated from TrialConfig
 (``config.hyperparameter_fields``): a new config field reaches the results and the analysis grouping by itself.
 
@@ -9,7 +9,7 @@ datasets read a table whole)::
 
     results/<table>/arch=<arch>/method=<method>/<trial_id>.parquet
 
-One file per trial per table, written by ``results.storage.write_bytes`` under a hidden temporary name
+One file per trial per table, written by ``results.files.write_bytes`` under a hidden temporary name
 (ignored by pyarrow's dataset discovery) and renamed into place, so a reader never sees half a file and a rewrite of the same trial
 replaces its rows instead of duplicating them. ``arch`` and ``method`` live in the path, not in the
 file (hive partition columns come back from the path when the dataset is read).
@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from results import storage
+from results import files
 from vocabulary.config import all_fields, hyperparameter_fields
 
 # 2: hyperparameter columns generated from TrialConfig, dense control, mask_changes
@@ -192,7 +192,7 @@ def to_table(name: str, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
 
 
 def table_dir(root: str, name: str) -> str:
-    return storage.join(root, RESULTS_DIR, name)
+    return files.join(root, RESULTS_DIR, name)
 
 
 def trial_path(name: str, *, arch: str, method: str, trial_id: str) -> str:
@@ -210,7 +210,7 @@ def model_path(*, arch: str, method: str, trial_id: str) -> str:
 
 def trial_file(root: str, name: str, *, arch: str, method: str, trial_id: str) -> tuple[pafs.FileSystem, str]:
     """File system and path of one trial's file of table ``name``."""
-    fs, base = storage.resolve(root)
+    fs, base = files.resolve(root)
     return fs, posixpath.join(base, trial_path(name, arch=arch, method=method, trial_id=trial_id))
 
 
@@ -223,8 +223,8 @@ def write_trial_table(root: str, name: str, rows: Iterable[Mapping[str, Any]], *
     buf = pa.BufferOutputStream()
     pq.write_table(to_table(name, rows), buf)
     rel = trial_path(name, arch=arch, method=method, trial_id=trial_id)
-    storage.write_bytes(root, rel, buf.getvalue().to_pybytes())
-    return posixpath.join(storage.resolve(root)[1], rel)
+    files.write_bytes(root, rel, buf.getvalue().to_pybytes())
+    return posixpath.join(files.resolve(root)[1], rel)
 
 
 def file_version(metadata: Mapping[bytes, bytes] | None) -> int | None:

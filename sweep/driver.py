@@ -76,7 +76,7 @@ def start(args: argparse.Namespace, write: Callable[[str], None]) -> str:
 def read_options(args: argparse.Namespace) -> tuple[str, dict]:
     """(experiment folder, sweep.json's options) of the sweep ``args.name`` in ``args.storage``; UsageError
     naming NAME when there is none. Before Ray: an unreachable storage is a usage error at once."""
-    from results.storage import read_bytes
+    from results.files import read_bytes
 
     storage = check_storage_here(args.storage)
     experiment = experiment_path(storage, args.name)
@@ -87,8 +87,8 @@ def read_options(args: argparse.Namespace) -> tuple[str, dict]:
 
 
 def write_options(experiment: str, options: dict) -> None:
-    """sweep.json, atomically (results.storage.write_bytes)."""
-    from results.storage import write_bytes
+    """sweep.json, atomically (results.files.write_bytes)."""
+    from results.files import write_bytes
 
     write_bytes(experiment, OPTIONS_FILE, json.dumps(options, indent=1, sort_keys=True).encode())
 
@@ -360,9 +360,9 @@ def summarize(experiment: str) -> str:
     import pandas as pd
 
     try:
-        from results import schema, storage
+        from results import files, schema
 
-        fs, base = storage.resolve(schema.table_dir(experiment, "trials"))
+        fs, base = files.resolve(schema.table_dir(experiment, "trials"))
         trials = pd.read_parquet(base, filesystem=fs)
     except (FileNotFoundError, OSError, ValueError):
         return f"no trial results in {experiment}"

@@ -5,7 +5,7 @@ end). Chosen means what the report and ``python -m analysis export`` mean: the s
 
 from __future__ import annotations
 
-from results import schema, storage
+from results import files, schema
 
 
 def keep_chosen_models(experiment: str) -> tuple[int, int]:
@@ -26,11 +26,11 @@ def keep_chosen_models(experiment: str) -> tuple[int, int]:
     kept = deleted = 0
     for _, row in rows[rows["status"] == "ok"].iterrows():
         rel = schema.model_path(arch=row["arch"], method=row["method"], trial_id=row["trial_id"])
-        if not storage.exists(experiment, rel):
+        if not files.exists(experiment, rel):
             continue
         if row["trial_id"] in chosen:
             kept += 1
         else:
-            storage.delete(experiment, rel)
+            files.delete(experiment, rel)
             deleted += 1
     return kept, deleted

@@ -310,7 +310,7 @@ def without_params(space: sp.Space, keys: set[str]) -> sp.Space:
 
 
 def experiment_path(storage: str, name: str) -> str:
-    from results.storage import join
+    from results.files import join
 
     return join(storage, name)
 
@@ -318,7 +318,7 @@ def experiment_path(storage: str, name: str) -> str:
 def exists(path: str) -> bool:
     import pyarrow.fs as pafs
 
-    from results import storage
+    from results import files
 
-    fs, p = storage.resolve(path)
+    fs, p = files.resolve(path)
     return fs.get_file_info(p).type != pafs.FileType.NotFound

@@ -24,7 +24,7 @@ from ray import tune
 
 from results import schema
 from vocabulary.config import TrialConfig
-from results.storage import read_bytes, write_bytes
+from results.files import read_bytes, write_bytes
 
 from .outcome import trial_status
 from .searcher import META_KEYS, trial_row

@@ -105,7 +105,7 @@ def check_storage_here(storage: str) -> str:
     before Ray starts and before anything is written, so an unreachable or read-only storage is a
     UsageError at once. Leaves nothing behind (a folder it had to make included). No Ray here; every node's
     access is checked by :func:`check_storage` once Ray runs."""
-    from results.storage import check_writable
+    from results.files import check_writable
 
     root = storage if "://" in storage else os.path.abspath(storage)
     if not storage.strip():
@@ -118,7 +118,7 @@ def check_storage_here(storage: str) -> str:
 
 
 def check_storage(storage: str) -> str:
-    from .storage import StorageError, check_storage as check
+    from .reachability import StorageError, check_storage as check
 
     try:
         return check(storage)

@@ -23,7 +23,7 @@ Here:
 Milestones are ``grace_period * reduction_factor**k`` reports, strictly below ``max_t`` (a trial's last report
 is its final one, marked ``trial_done``: stopping it there would change nothing but its label).
 
-The state lives in ``<experiment>/early_stopping.state`` (JSON) (written through results.storage after every change), so a
+The state lives in ``<experiment>/early_stopping.state`` (JSON) (written through results.files after every change), so a
 resumed sweep (Tune does not save its scheduler) continues with the same rungs and stopped configurations.
 """
 
@@ -160,14 +160,14 @@ class ConfigurationASHA(FIFOScheduler):
     def _save(self) -> None:
         if not self.experiment:
             return
-        from results.storage import write_bytes
+        from results.files import write_bytes
 
         write_bytes(self.experiment, STATE_FILE, json.dumps(self._state(), sort_keys=True).encode())
 
     def _load(self) -> None:
         if not self.experiment:
             return
-        from results.storage import read_bytes
+        from results.files import read_bytes
 
         raw = read_bytes(self.experiment, STATE_FILE)
         if raw is None:

@@ -140,7 +140,7 @@ class MultiStudySearcher(Searcher):
         may never report that trial again (it saved it finished, or the trainable reports its stored end):
         the row is the trial's outcome, read through the same rule as a live end (``classify``).
         """
-        from results.storage import parent
+        from results.files import parent
 
         experiment = parent(self.storage_path)
         for ray_id, (name, _number, _seed) in list(self.live.items()):
@@ -173,7 +173,7 @@ class MultiStudySearcher(Searcher):
         is handed out afresh instead of waiting (and holding a concurrency slot) forever.
         """
         self.rebuild_from_storage()
-        from results.storage import parent
+        from results.files import parent
 
         trials = tune_trials(getattr(self, "tune_dir", None) or parent(self.storage_path))
         if trials is None:
@@ -318,7 +318,7 @@ class JournalMirror:
             self.local = path.removeprefix("file://")
             os.makedirs(os.path.dirname(os.path.abspath(self.local)), exist_ok=True)
             return
-        from results.storage import parent, read_bytes
+        from results.files import parent, read_bytes
 
         digest = hashlib.sha1(path.encode()).hexdigest()[:16]
         folder = os.path.join(tempfile.gettempdir(), "prunesweep-journals", digest)
@@ -333,7 +333,7 @@ class JournalMirror:
     def push(self) -> None:
         if not self.remote:
             return
-        from results.storage import write_bytes
+        from results.files import write_bytes
 
         with open(self.local, "rb") as f:
             write_bytes(self.folder, self.name, f.read())
@@ -377,7 +377,7 @@ def _tune_state(experiment: str) -> dict | None:
     """The newest ``experiment_state-*.json`` Tune saved in ``experiment``, parsed, or None."""
     import pyarrow.fs as pafs
 
-    from results.storage import resolve
+    from results.files import resolve
 
     fs, base = resolve(experiment)
     infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))

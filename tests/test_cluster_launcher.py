@@ -44,7 +44,7 @@ def test_ray_up_and_ray_down_succeed(launched):
 
 def test_same_code_synced_to_the_node(launched):
     synced = launched.home / "prunesweep"
-    for name in ("cluster.yaml", "sweep/storage.py", "vocabulary/config.py"):
+    for name in ("cluster.yaml", "sweep/reachability.py", "vocabulary/config.py"):
         assert (synced / name).read_bytes() == (ROOT / name).read_bytes(), name
     assert not (synced / ".venv").exists() and not (synced / ".git").exists()
 

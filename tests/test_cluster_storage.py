@@ -1,4 +1,4 @@
-"""sweep.storage.check_storage on real file systems and real multi-node Ray clusters (one machine).
+"""sweep.reachability.check_storage on real file systems and real multi-node Ray clusters (one machine).
 
 A node that cannot see the driver's folder is made honestly: a real Ray worker node started with
 `ray start` inside its own mount namespace (util-linux `unshare`, needs root or CAP_SYS_ADMIN), where a
@@ -20,7 +20,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from sweep.storage import PROBE_PREFIX, StorageError, check_storage, mount_fs_type, normalise_storage
+from sweep.reachability import PROBE_PREFIX, StorageError, check_storage, mount_fs_type, normalise_storage
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +201,7 @@ def test_object_store_uri_accepted_when_every_node_writes_it(cluster, s3_bucket)
 
 
 def test_uri_join_keeps_query_options_at_the_end():
-    from results.storage import join, parent
+    from results.files import join, parent
 
     assert join("s3://b/sweeps?endpoint_override=h:1&scheme=http", "exp", "optuna.journal") == \
         "s3://b/sweeps/exp/optuna.journal?endpoint_override=h:1&scheme=http"
@@ -218,7 +218,7 @@ def test_optuna_journal_on_an_object_store_survives_a_new_driver(s3_bucket, tmp_
 
     from sweep import spaces as sp
     from sweep.searcher import MultiStudySearcher, StudySpec
-    from results.storage import join
+    from results.files import join
 
     options, fs = s3_bucket
     journal = join(f"s3://sweeps/exp?{options}", "optuna.journal")

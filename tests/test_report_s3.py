@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from result_rows import ARCH, write_trial
-from results import storage
+from results import files
 
 
 @pytest.fixture
@@ -39,8 +39,8 @@ def s3_experiment(monkeypatch, tmp_path):
         write_trial(uri, f"s3a{seed}", "admm", seed, 0.5, 1e-3)
         write_trial(uri, f"s3m{seed}", "magnitude", seed, 0.5, 1e-3)
     write_trial(uri, "s3div", "admm", 0, 0.5, 10.0, status="diverged")
-    storage.write_bytes(uri, "sweep.json", json.dumps({"sampler": "tpe", "optuna_storage": "optuna.journal"}).encode())
-    storage.write_bytes(uri, "optuna.journal", _journal_bytes(tmp_path))
+    files.write_bytes(uri, "sweep.json", json.dumps({"sampler": "tpe", "optuna_storage": "optuna.journal"}).encode())
+    files.write_bytes(uri, "optuna.journal", _journal_bytes(tmp_path))
     yield uri, fs
     server.stop()
 

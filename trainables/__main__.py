@@ -89,7 +89,7 @@ def _keep_checkpoint(target: str | None):
 def check_paths(args: argparse.Namespace) -> None:
     """The folders the run will write, checked before anything starts (ConfigError naming the option):
     writable, made if missing, and left as they were found."""
-    from results.storage import check_writable
+    from results.files import check_writable
 
     checkpoint_parent = os.path.dirname(os.path.abspath(args.checkpoint_dir)) if args.checkpoint_dir else None
     for field, path in (("out", args.out), ("checkpoint_dir", args.checkpoint_dir),

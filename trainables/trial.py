@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from results import schema, storage
+from results import files, schema
 from trainables import model_file, progress
 from vocabulary.config import ConfigError, TrialConfig, precision
 from trainables.data import Loader, Splits, load_splits
@@ -73,7 +73,7 @@ class FileDenseStore:
                     with open(path, "rb") as f:
                         return f.read()
                 payload = build()
-                storage.write_bytes(self.folder, f"{key}.pt", payload)
+                files.write_bytes(self.folder, f"{key}.pt", payload)
                 return payload
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
@@ -107,8 +107,8 @@ class TrialResult:
             out[name] = schema.write_trial_table(root, name, rows, arch=arch, method=method, trial_id=trial_id)
         if self.model is not None:
             rel = schema.model_path(arch=arch, method=method, trial_id=trial_id)
-            storage.write_bytes(root, rel, self.model)
-            out["model"] = storage.join(root, rel)
+            files.write_bytes(root, rel, self.model)
+            out["model"] = files.join(root, rel)
         return out
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import ray
 
-from results import storage as results_storage
+from results import files as result_files
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 __all__ = ["StorageError", "check_storage"]
@@ -93,18 +93,18 @@ def is_local(root: str) -> bool:
 
 def write_text(root: str, name: str, text: str) -> None:
     """Write ``text`` to the file ``name`` directly inside ``root``, creating ``root`` when missing."""
-    results_storage.write_bytes(root, name, text.encode())
+    result_files.write_bytes(root, name, text.encode())
 
 
 def read_text(root: str, name: str) -> str | None:
     """The text of ``name`` inside ``root``, or None when it does not exist."""
-    data = results_storage.read_bytes(root, name)
+    data = result_files.read_bytes(root, name)
     return None if data is None else data.decode()
 
 
 def delete_file(root: str, name: str) -> None:
     try:
-        results_storage.delete(root, name)
+        result_files.delete(root, name)
     except Exception as err:  # a leftover probe is harmless: log, do not hide the real outcome
         log.warning("could not delete storage probe %s in %s: %s", name, root, err)
 
@@ -123,7 +123,7 @@ def probe_node(root: str, probe: str, token: str) -> dict[str, Any]:
     own = PROBE_PREFIX + uuid.uuid4().hex
     try:
         write_text(root, own, "node")
-        results_storage.delete(root, own)
+        result_files.delete(root, own)
     except Exception as err:
         out["write_error"] = f"writing failed: {err}"
     return out
