@@ -86,3 +86,19 @@ def test_the_allowed_picture_has_no_cycle():
 def test_every_exception_is_still_needed():
     used = {(rel, target) for _, rel, target in edges()}
     assert EXCEPTIONS <= used, f"exceptions no longer used, remove them: {EXCEPTIONS - used}"
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_over_60_lines():
+    # a function that does one job reads top to bottom; the long ones were the ones doing several
+    long = []
+    for package in OURS:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > MAX_FUNCTION_LINES:
+                        long.append(f"{path.relative_to(ROOT).as_posix()}:{node.lineno} {node.name} ({lines})")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
