@@ -24,7 +24,7 @@ from trainables.models import build_model
 from .measure import (bare_loop_images_per_s, bench_trial_steps, eval_seconds_per_epoch, loader_images_per_s,
                       seed_gpu_hours)
 from .rig import RESIDENT, Rig, steps_per_admm_update, synthetic_cifar
-from .semistructured import BATCH_SIZES, latency_rows, prune_2to4_
+from trainables.semistructured import BATCH_SIZES, latency_rows, prune_2to4_
 from .workers import bench_compile, bench_packed
 
 ARCHS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")

@@ -1,4 +1,4 @@
-"""2:4 semi-structured inference (bench.semistructured) on the CPU: the capability reasons, the 2:4
+"""2:4 semi-structured inference (trainables.semistructured) on the CPU: the capability reasons, the 2:4
 pattern check against brute force, which layers are eligible, and the 1x1-conv-as-linear rewrite and the
 weight swap run with DENSE tensors (the sparse kernel itself needs a GPU: tests/gpu/)."""
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.semistructured import (PointwiseLinear, is_2to4, latency_columns, latency_rows, linearize, min_shape,
+from trainables.semistructured import (PointwiseLinear, is_2to4, latency_columns, latency_rows, linearize, min_shape,
                                   plan_layers, prune_2to4_, sparsify_, support_reason, unsupported_reason)
 from trainables.models import build_model
 from trainables.sparsity import NMSet

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.semistructured import latency_rows, prune_2to4_
+from trainables.semistructured import latency_rows, prune_2to4_
 from vocabulary.config import TrialConfig
 from trainables.data import Loader, load_splits
 from trainables.methods import Dense
