@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from trainables.data import CIFAR10_MEAN, CIFAR10_STD, Loader
 from trainables.methods import Dense
 from trainables.models import build_model
-from trainables.trial import evaluate_recalibrated
+from trainables.evaluate import evaluate_recalibrated
 
 from .rig import CIFAR10_TRAIN, CIFAR10_VAL, Rig, step_methods, steps_per_admm_update, sync, trial_loader
 

@@ -49,7 +49,7 @@ def steps_per_admm_update(batch_size: int) -> int:
 
 
 class Rig:
-    """One trial's model, prunable parameters and optimizer on ``device``, set up as trial._Trial sets them up
+    """One trial's model, prunable parameters and optimizer on ``device``, set up as trial.Trial sets them up
     (channels-last on CUDA; Adam at lr 1e-3, the seed's optimizer). ``compile``: steps run torch.compile's
     module (the parameters are shared with the eager one)."""
 

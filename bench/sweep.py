@@ -89,7 +89,8 @@ def run_back_to_back(flat: dict[str, Any], n: int, folder: str) -> dict[str, Any
     """
     from vocabulary.config import TrialConfig
     from trainables.data import load_splits
-    from trainables.trial import FileDenseStore, run_trial
+    from trainables.dense_store import FileDenseStore
+    from trainables.trial import run_trial
 
     cfg = TrialConfig.from_dict(flat)
     t0 = time.perf_counter()

@@ -334,7 +334,7 @@ def drop_missing_checkpoints(trial) -> None:
 
 def checkpoint_epochs(trial) -> list[dict]:
     """The epoch rows saved in a trial's latest checkpoint ([] when it has none or it cannot be read)."""
-    from trainables.trial import checkpoint_epochs as saved_epochs
+    from trainables.checkpoint import checkpoint_epochs as saved_epochs
 
     checkpoint = getattr(trial, "checkpoint", None)
     if checkpoint is None:

@@ -36,7 +36,7 @@ def tiny_dense_store(tmp_path_factory):
     """One FileDenseStore for the session. Safe to share: a payload's key covers every field the dense phase
     reads (tests/test_trustworthy.py checks that), so trials that differ only after the dense phase reuse one
     dense model, as the trials of a sweep do. Tests that count builds or need a first build make their own."""
-    from trainables.trial import FileDenseStore
+    from trainables.dense_store import FileDenseStore
 
     return FileDenseStore(str(tmp_path_factory.mktemp("dense")))
 

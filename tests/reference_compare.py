@@ -77,7 +77,8 @@ def check_project_configs(args, seeds) -> None:
 
 
 def run_project(args, method: str, rho: float, seed: int, store_dir: str) -> dict:
-    from trainables.trial import FileDenseStore, run_trial
+    from trainables.dense_store import FileDenseStore
+    from trainables.trial import run_trial
 
     t0 = time.monotonic()
     res = run_trial(project_config(args, method, rho, seed), dense_store=FileDenseStore(store_dir))
@@ -96,10 +97,10 @@ def project_draws(args, seed: int) -> Draws:
 
     from vocabulary.config import TrialConfig
     from trainables.data import load_splits
-    from trainables.trial import _Loaders, seed_everything
+    from trainables.trial import Loaders, seed_everything
 
     cfg = TrialConfig.from_dict(project_config(args, "magnitude", 0.01, seed))
-    loaders = _Loaders(cfg, load_splits(cfg.data), torch.device("cpu"))
+    loaders = Loaders(cfg, load_splits(cfg.data), torch.device("cpu"))
     seeds = {}
     for phase in ("init", "dense", "sparsify", "finetune"):
         seed_everything(seed, phase)

@@ -34,7 +34,9 @@ def real_experiment(tmp_path_factory):
     trial = pytest.importorskip("trainables.trial", reason="trainables.trial (issue 2) has not landed yet")
     root = tmp_path_factory.mktemp("real_exp")
     # Both methods of a seed start from one shared dense model (DESIGN rule 1), trained once here.
-    store = trial.FileDenseStore(str(tmp_path_factory.mktemp("dense")))
+    from trainables.dense_store import FileDenseStore
+
+    store = FileDenseStore(str(tmp_path_factory.mktemp("dense")))
     for method in METHODS:
         for seed in SEEDS:
             result = trial.run_trial(_tiny_config(method, seed), trial_id=f"{method}-s{seed}", dense_store=store)

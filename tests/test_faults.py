@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from trainables.trial import FileDenseStore
+from trainables.dense_store import FileDenseStore
 
 
 # -- FileDenseStore: only an unfinished build returns None (item 4) -----------------------------------------

@@ -19,7 +19,7 @@ from vocabulary.config import DataConfig
 from trainables.data import CIFAR10_MEAN, CIFAR10_STD, Loader, augment_batch, load_splits, read_cifar10_folder
 from trainables.models import build_model
 from trainables.sparsity import UniformSet, prunable_parameters
-from trainables.trial import recalibrate_bn
+from trainables.evaluate import recalibrate_bn
 
 ARCHS = ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"]
 
@@ -184,7 +184,8 @@ def test_project_equals_the_reference_given_the_same_draws(photo_dir, tmp_path, 
     from tests.reference_compare import project_config, project_draws
     from vocabulary.config import TrialConfig
     from trainables.data import load_splits
-    from trainables.trial import FileDenseStore, run_trial
+    from trainables.dense_store import FileDenseStore
+    from trainables.trial import run_trial
 
     args = _paired_args(photo_dir, optimizer=optimizer, lr=lr, batch_size=batch_size)
     res = run_trial(project_config(args, method, rho, 0), dense_store=FileDenseStore(str(tmp_path)))

@@ -12,7 +12,9 @@ import torch
 from vocabulary.config import ConfigError, TrialConfig
 from trainables.data import Loader
 from trainables.models import build_model
-from trainables.trial import FileDenseStore, _bn_buffers, _Trial, evaluate, recalibrate_bn, run_trial
+from trainables.dense_store import FileDenseStore
+from trainables.evaluate import bn_buffers, evaluate, recalibrate_bn
+from trainables.trial import Trial, run_trial
 
 from helpers import TINY
 
@@ -118,9 +120,9 @@ def test_bn_recalibration_uses_training_batches_only(splits):
     odd = dataclasses.replace(splits, val_x=(255 - splits.val_x).contiguous())
     stats = []
     for data in (splits, odd):
-        trial = _Trial(cfg, data, None, None, "t")
-        trial._measure("dense")  # recalibrate, then evaluate on the validation split
-        stats.append([b.clone() for b in _bn_buffers(trial.model)])
+        trial = Trial(cfg, data, None, None, "t")
+        trial.measure("dense")  # recalibrate, then evaluate on the validation split
+        stats.append([b.clone() for b in bn_buffers(trial.model)])
         # the stage metric is the validation accuracy of the model with the recalibrated statistics
         assert trial.accs["dense_val_acc"] == evaluate(trial.model, trial.loaders.val, trial.device)[0]
     assert all(torch.equal(a, b) for a, b in zip(*stats))

@@ -19,8 +19,10 @@ from trainables.data import load_splits
 from trainables.methods import (ADMM, admm_schedule, check_admm_schedule, effective_admm_updates,
                                 rescale_dual)
 from trainables.sparsity import make_sparsity_set
-from trainables.trial import (FileDenseStore, _bn_buffers, _Trial, evaluate_recalibrated,
-                              load_checkpoint, recalibrate_bn, run_trial)
+from trainables.checkpoint import load_checkpoint
+from trainables.dense_store import FileDenseStore, dense_payload
+from trainables.evaluate import bn_buffers, evaluate_recalibrated, recalibrate_bn
+from trainables.trial import Trial, run_trial
 
 from helpers import TINY
 
@@ -194,14 +196,14 @@ def test_every_per_epoch_accuracy_is_measured_after_bn_recalibration(splits, tin
 
 def test_recalibrated_evaluation_leaves_the_model_untouched(splits):
     cfg = TrialConfig.from_dict(TINY)
-    trial = _Trial(cfg, splits, None, None, "t")
+    trial = Trial(cfg, splits, None, None, "t")
     trial.model.train()
     x, _ = next(trial.loaders.train.batches(0))
     with torch.no_grad():
         trial.model(x)  # running statistics that recalibration would replace
-    before = [b.clone() for b in _bn_buffers(trial.model)]
+    before = [b.clone() for b in bn_buffers(trial.model)]
     evaluate_recalibrated(trial.model, trial.loaders.val, trial.loaders.recal, 2, trial.device)
-    assert all(torch.equal(a, b) for a, b in zip(before, _bn_buffers(trial.model)))
+    assert all(torch.equal(a, b) for a, b in zip(before, bn_buffers(trial.model)))
     assert trial.model.training
 
 
@@ -210,7 +212,7 @@ def test_recalibrated_evaluation_draws_no_random_numbers(splits):
     RNG, so a recalibration that forwards the whole net in train mode shifted every later dropout mask (a
     run's weights then depended on how often it was evaluated)."""
     cfg = TrialConfig.from_dict(TINY)
-    trial = _Trial(cfg, splits, None, None, "t")
+    trial = Trial(cfg, splits, None, None, "t")
     assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in trial.model.modules())
     trial.model.train()
     torch.manual_seed(123)
@@ -255,8 +257,8 @@ def test_every_field_is_classified():
 
 
 def _dense_state(cfg: dict, splits) -> dict:
-    trial = _Trial(TrialConfig.from_dict(cfg), splits, None, None, "t")
-    payload = trial._dense_payload()
+    trial = Trial(TrialConfig.from_dict(cfg), splits, None, None, "t")
+    payload = dense_payload(trial)
     return torch.load(io.BytesIO(payload), weights_only=False)
 
 

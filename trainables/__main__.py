@@ -115,11 +115,11 @@ def free_fields() -> set[str]:
 def resumed_config(folder: str, given: dict) -> C.TrialConfig:
     """--resume: the checkpoint's configuration, with the run options given now. A given option that
     contradicts the checkpoint is refused (the result would be labelled with it and computed without it)."""
-    from trainables.trial import _CKPT, load_checkpoint
+    from trainables.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
-    path = os.path.join(folder, _CKPT)
+    path = os.path.join(folder, CHECKPOINT_FILE)
     if not os.path.isfile(path):
-        raise C.ConfigError("resume_from", f"{folder} holds no {_CKPT} (a --checkpoint-dir folder is expected)")
+        raise C.ConfigError("resume_from", f"{folder} holds no {CHECKPOINT_FILE} (a --checkpoint-dir folder is expected)")
     try:
         saved = load_checkpoint(path, "cpu")["config"]
         old = C.TrialConfig.from_dict({k: v for k, v in saved.items() if k in C.field_owners()}).to_dict()
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             data = load_splits(cfg.data)
             store = None
             if args.dense_cache:
-                from trainables.trial import FileDenseStore
+                from trainables.dense_store import FileDenseStore
 
                 store = FileDenseStore(os.path.abspath(args.dense_cache))
             result = run_trial(cfg, data=data, report=_keep_checkpoint(args.checkpoint_dir),

@@ -1,115 +1,43 @@
-"""run_trial: the ONE training loop (dense -> sparsify -> project -> masked fine-tune).
+"""run_trial: the ONE training loop (dense -> sparsify -> project -> masked fine-tune), read top to bottom as
+the phases of one trial. Measuring lives in trainables.evaluate, checkpoints in trainables.checkpoint, the shared
+dense model and control in trainables.dense_store, the result rows in trainables.result.
 
 Contract in docs/ARCHITECTURE.md. Methods differ only by the PruningMethod passed to train_epoch.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import functools
 import hashlib
 import io
 import logging
 import math
-import os
-import platform
 import random
 import shutil
-import socket
-import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from results import files, schema
-from trainables import model_file, progress
-from vocabulary.config import ConfigError, TrialConfig, precision
+from trainables import checkpoint, progress
+from vocabulary.config import ConfigError, TrialConfig
 from trainables.data import Loader, Splits, load_splits
+from trainables.dense_store import DenseStore, control_payload, dense_payload
+from trainables.evaluate import autocast, distance, evaluate, evaluate_recalibrated, projected_accuracy, recalibrate_bn
 from trainables.methods import (Dense, MaskedFinetune, PruningMethod, check_admm_schedule, check_gradual_schedule,
                                 make_method)
 from trainables.models import build_model
-from trainables.sparsity import (layer_report, make_sparsity_set, prunable_parameters, summarize,
-                                 weight_histogram)
+from trainables.result import TrialResult, trial_result
+from trainables.sparsity import make_sparsity_set, prunable_parameters, weight_histogram
+
+__all__ = ["run_trial", "check_trial", "Trial", "Loaders", "Phase", "train_epoch", "make_optimizer",
+           "seed_everything"]
 
 log = logging.getLogger(__name__)
-_CKPT = "checkpoint.pt"
-
-
-class DenseStore(Protocol):
-    def get_or_build(self, key: str, build: Callable[[], bytes], wait: bool = True) -> bytes | None:
-        """The payload of ``key``, built by calling ``build`` at most once per key across all callers.
-
-        While another caller builds it: wait and return its payload, or with ``wait=False`` return None."""
-
-
-class FileDenseStore:
-    """Dense payloads in ``folder``: one fcntl lock per key, build at most once, atomic temp + rename."""
-
-    def __init__(self, folder: str):
-        self.folder = folder
-        os.makedirs(folder, exist_ok=True)
-
-    def get_or_build(self, key: str, build: Callable[[], bytes], wait: bool = True) -> bytes | None:
-        path = os.path.join(self.folder, f"{key}.pt")
-        finished = self._read(path)  # written by rename: a payload that exists is whole, no lock needed
-        if finished is not None:
-            return finished
-        with open(path + ".lock", "a") as lock:
-            try:
-                # others wait here while one builds, then read (or, not waiting, go on without it)
-                fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                # the holder may be a waiter reading a payload finished since the check above: only an
-                # unfinished build leaves the caller without it
-                return self._read(path)
-            try:
-                if os.path.exists(path):
-                    with open(path, "rb") as f:
-                        return f.read()
-                payload = build()
-                files.write_bytes(self.folder, f"{key}.pt", payload)
-                return payload
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-    @staticmethod
-    def _read(path: str) -> bytes | None:
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
-
-
-@dataclass
-class TrialResult:
-    summary: dict
-    epochs: list[dict] = field(default_factory=list)
-    layers: list[dict] = field(default_factory=list)
-    weights: list[dict] = field(default_factory=list)
-    model: bytes | None = None  # the final model file (trainables.model_file) when the trial keeps it
-
-    def write(self, root: str, *, trial_id: str, experiment: str = "", extra: Mapping[str, Any] | None = None
-              ) -> dict[str, str]:
-        """Write the four tables under ``root`` (partitioned by arch, method); return their paths."""
-        summary = dict(self.summary, trial_id=trial_id, experiment=experiment, **(extra or {}))
-        tables = {"trials": [summary], "epochs": self.epochs, "layers": self.layers, "weights": self.weights}
-        arch, method = summary["arch"], summary["method"]
-        out = {}
-        for name, rows in tables.items():
-            rows = [dict(r, trial_id=trial_id) for r in rows]
-            out[name] = schema.write_trial_table(root, name, rows, arch=arch, method=method, trial_id=trial_id)
-        if self.model is not None:
-            rel = schema.model_path(arch=arch, method=method, trial_id=trial_id)
-            files.write_bytes(root, rel, self.model)
-            out["model"] = files.join(root, rel)
-        return out
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -120,12 +48,6 @@ def _device(cfg: TrialConfig) -> torch.device:
     if cfg.run.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "cuda was requested but no CUDA device is available")
     return torch.device(cfg.run.device)
-
-
-def _autocast(device: torch.device):
-    if precision(device.type) == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def make_optimizer(params, name: str, lr: float, weight_decay: float, momentum: float = 0.9):
@@ -140,78 +62,6 @@ def _lr_at(base: float, schedule: str, epoch_in_phase: int, epochs: int) -> floa
         return base * 0.5 * (1 + math.cos(math.pi * epoch_in_phase / epochs))
     return base
 
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Loader, device: torch.device) -> tuple[float, float]:
-    """(accuracy, mean loss) of ``model`` in eval mode over ``loader`` (restores train mode)."""
-    was = model.training
-    model.eval()
-    correct = torch.zeros((), device=device)
-    loss = torch.zeros((), device=device)
-    n = 0
-    for x, y in loader.batches(0):
-        with _autocast(device):
-            out = model(x)
-        loss += F.cross_entropy(out.float(), y, reduction="sum")
-        correct += (out.argmax(1) == y).sum()
-        n += len(y)
-    model.train(was)
-    return (float(correct) / max(n, 1), float(loss) / max(n, 1))
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, loader: Loader, batches: int, epoch: int = 0) -> None:
-    """Re-estimate BatchNorm running stats from ``batches`` TRAINING batches (DESIGN rule 9).
-
-    Resets the stats, uses a cumulative average (momentum=None), forwards under no_grad with ONLY the BN
-    layers in train mode (dropout and the rest in eval mode: the statistics are those of the network as it
-    is evaluated, and no random number is drawn, so measuring never shifts the dropout stream that training
-    uses next), then restores each BN's momentum and the model's mode. Mutates the BN buffers only.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns or batches <= 0:
-        return
-    momenta = [m.momentum for m in bns]
-    was = model.training
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.eval()
-    for m in bns:
-        m.train()
-    device = next(model.parameters()).device
-    for i, (x, _) in enumerate(loader.batches(epoch)):
-        if i >= batches:
-            break
-        with _autocast(device):
-            model(x)
-    for m, mom in zip(bns, momenta):
-        m.momentum = mom
-    model.train(was)
-
-
-def _bn_buffers(model: nn.Module) -> list[torch.Tensor]:
-    return [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
-
-
-@torch.no_grad()
-def evaluate_recalibrated(model: nn.Module, loader: Loader, recal_loader: Loader, batches: int,
-                          device: torch.device) -> tuple[float, float]:
-    """(accuracy, loss) as after BN recalibration (DESIGN rule 10), leaving the model exactly as it was.
-
-    The BN buffers are saved, recalibrated on ``batches`` training batches, used for the evaluation and put
-    back, so measuring never changes what training does next (a run is the same with or without it).
-    """
-    saved = [b.clone() for b in _bn_buffers(model)]
-    try:
-        recalibrate_bn(model, recal_loader, batches)
-        return evaluate(model, loader, device)
-    finally:
-        for buf, old in zip(_bn_buffers(model), saved):
-            buf.copy_(old)
-
-
 def train_epoch(model, params, loader: Loader, optimizer, method: PruningMethod, *, epoch: int, step0: int,
                 label_smoothing: float, device: torch.device) -> tuple[float, float, int]:
     """One epoch of the ONE loop; returns (mean loss, mean objective, steps). Syncs once, at the end."""
@@ -219,7 +69,7 @@ def train_epoch(model, params, loader: Loader, optimizer, method: PruningMethod,
     loss_sum = torch.zeros((), device=device)
     steps = 0
     for x, y in loader.batches(epoch):
-        with _autocast(device):
+        with autocast(device):
             out = model(x)
         loss = F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=False)
@@ -251,64 +101,6 @@ def seed_everything(seed: int, phase: str) -> None:
     np.random.seed(derived)
 
 
-def _to_device(obj: Any, device: torch.device) -> Any:
-    """``obj`` with every tensor inside (dicts, lists, tuples) moved to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
-    return obj
-
-
-def checkpoint_epochs(folder: str) -> list[dict]:
-    """The epoch rows saved in a checkpoint folder written by a trial's ``report`` (what it had run)."""
-    return list(torch.load(os.path.join(folder, _CKPT), map_location="cpu", weights_only=False).get("epochs", []))
-
-
-def load_checkpoint(path: str, device: torch.device | str) -> dict:
-    """A checkpoint read on the CPU, every tensor but the RNG states then moved to ``device``.
-
-    torch.load(map_location=device) would move the saved RNG ByteTensors too, and torch.set_rng_state
-    refuses anything but a CPU ByteTensor: every resume on a GPU would die (a checkpoint written on a GPU
-    is read the same way on a CPU-only machine).
-    """
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    # the optimizer's state stays on the CPU too: Optimizer.load_state_dict moves the moments to each
-    # parameter's device itself and keeps Adam's step counts on the host (on the GPU they would be read back
-    # with .item() every step: a host sync per parameter per step after every resume)
-    return {k: (v if k in ("rng", "optimizer") else _to_device(v, torch.device(device))) for k, v in state.items()}
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    if s.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def provenance(device: torch.device, data_given: bool = False, runner: Mapping[str, Any] | None = None) -> dict:
-    """Code version, package versions, host, device name, where the data came from ("given": handed in, e.g.
-    by a sweep's driver through the object store; "loaded": read by this trial), and what the caller that
-    runs the trial says of itself (``runner``: a sweep gives its Ray node id)."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    import torchvision
-    return {"git_commit": commit, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "python": platform.python_version(), "hostname": socket.gethostname(),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-            "ray_node": "", "data": "given" if data_given else "loaded", **(runner or {})}
-
 
 # ----------------------------------------------------------------------------------------- the trial
 
@@ -327,7 +119,7 @@ class Phase:
     epoch0: int
 
 
-class _Loaders:
+class Loaders:
     """The four loaders of a trial (the data moves to the device once, here)."""
 
     def __init__(self, cfg: TrialConfig, d: Splits, device: torch.device):
@@ -343,12 +135,12 @@ class _Loaders:
         self.test = Loader(d.test_x, d.test_y, batch_size=max(bs, 256), shuffle=False, augment=False, **common)
 
 
-class _Trial:
+class Trial:
     """State of one trial; run() walks the phases, skipping what a resumed checkpoint already did."""
 
     def __init__(self, cfg: TrialConfig, data: Splits, report, dense_store, trial_id: str, *,
                  data_given: bool = False, on_result: Callable[[TrialResult], None] | None = None,
-                 loaders: _Loaders | None = None, runner: Mapping[str, Any] | None = None):
+                 loaders: Loaders | None = None, runner: Mapping[str, Any] | None = None):
         self.cfg, self.data, self.report, self.dense_store, self.trial_id = cfg, data, report, dense_store, trial_id
         self.data_given, self.on_result, self.runner = data_given, on_result, runner
         self.device = _device(cfg)
@@ -362,7 +154,7 @@ class _Trial:
         named = prunable_parameters(self.model, prune_first_conv=cfg.prune.prune_first_conv)
         self.pnames = [n for n, _ in named]
         self.params = [p for _, p in named]
-        self.loaders = loaders or _Loaders(cfg, data, self.device)
+        self.loaders = loaders or Loaders(cfg, data, self.device)
         p = cfg.prune
         self.sset = make_sparsity_set(p.sparsity_set, p.sparsity, n=p.nm_n, m=p.nm_m)
         self.method = make_method(p, self.sset, lambda s: make_sparsity_set(p.sparsity_set, s, n=p.nm_n, m=p.nm_m))
@@ -384,7 +176,8 @@ class _Trial:
         return self.cfg.control_key(self.device.type)
 
     # ---- measurements
-    def _measure(self, stage: str, *, recal: bool = True) -> None:
+    def measure(self, stage: str, *, recal: bool = True) -> None:
+        """``stage``'s val (and test) accuracy into self.accs, after BN recalibration unless ``recal`` is False."""
         if recal:
             recalibrate_bn(self.model, self.loaders.recal, self.cfg.train.bn_recal_batches)
         self.accs[f"{stage}_val_acc"] = evaluate(self.model, self.loaders.val, self.device)[0]
@@ -410,21 +203,23 @@ class _Trial:
     def _method_of(self, name: str) -> PruningMethod:
         return {"sparsify": self.method, "finetune": self.finetune}.get(name) or Dense()
 
-    def _new_optimizer(self, phase: Phase):
+    def new_optimizer(self):
+        """A fresh optimizer with the current phase's recipe."""
+        phase = self._phase(self.phase)
         return make_optimizer(self.model.parameters(), phase.optimizer, phase.lr, phase.weight_decay,
                               self.cfg.train.momentum)
 
-    def _start_phase(self, name: str) -> None:
+    def start_phase(self, name: str) -> None:
         phase = self._phase(name)
         seed_everything(self.cfg.run.seed, name)
         self.phase, self.phase_epoch = name, 0
         # a fresh optimizer per phase: each phase has its own recipe, and Adam moments of the dense or
         # unconstrained sparsify landscape would mislead the next phase (and revive pruned weights)
-        self.optimizer = self._new_optimizer(phase)
+        self.optimizer = self.new_optimizer()
         steps = len(self.loaders.train)
         self._method_of(name).on_phase_start(self.params, phase.epochs * steps, steps)
 
-    def _run_phase(self, reported: bool) -> bool:
+    def run_phase(self, reported: bool) -> bool:
         """Run the remaining epochs of the current phase; False when the trial diverged."""
         phase, method = self._phase(self.phase), self._method_of(self.phase)
         while self.phase_epoch < phase.epochs:
@@ -464,7 +259,6 @@ class _Trial:
                 self._report(row)  # the trial's last epoch rides with the final report (see _finish)
         return True
 
-    @torch.no_grad()
     def _projected_val_acc(self, val_acc: float) -> float:
         """The early-stopping fidelity (DESIGN rule 14): the val accuracy this trial would have if its weights
         were projected onto the target set now, BN recalibrated, training left untouched. ``val_acc`` where the
@@ -474,17 +268,8 @@ class _Trial:
             return val_acc  # masked: in S by construction
         if self.phase != "sparsify":
             return math.nan
-        weights = [p.detach() for p in self.params]
-        projected = self.sset.project(weights)
-        if self._distance(projected) == 0.0:
-            return val_acc
-        saved = [w.clone() for w in weights]
-        torch._foreach_copy_(self.params, projected)
-        try:
-            return evaluate_recalibrated(self.model, self.loaders.val, self.loaders.recal,
-                                         self.cfg.train.bn_recal_batches, self.device)[0]
-        finally:
-            torch._foreach_copy_(self.params, saved)
+        return projected_accuracy(self.model, self.params, self.sset, val_acc, self.loaders.val, self.loaders.recal,
+                                  self.cfg.train.bn_recal_batches, self.device)
 
     def _is_last_epoch(self) -> bool:
         """True after the trial's last training epoch: nothing remains of sparsify and fine-tune."""
@@ -505,52 +290,17 @@ class _Trial:
 
     # ---- checkpoint
     def save(self, folder: str) -> None:
-        state = {"config": self.cfg.to_dict(), "model": self.model.state_dict(),
-                 "optimizer": self.optimizer.state_dict() if self.optimizer else None,
-                 "method": self.method.state_dict(), "finetune": self.finetune.state_dict(),
-                 "phase": self.phase, "phase_epoch": self.phase_epoch, "epochs": self.epochs,
-                 "accs": self.accs, "weights": self.weights, "rng": _rng_state(),
-                 "elapsed": self.elapsed + time.monotonic() - self.t0}
-        torch.save(state, os.path.join(folder, _CKPT))
+        checkpoint.save(self, folder)
 
     def load(self, folder: str) -> None:
-        path = os.path.join(folder, _CKPT)
-        if not os.path.isfile(path):
-            raise ConfigError("resume_from", f"{folder} holds no {_CKPT}")
-        state = load_checkpoint(path, self.device)
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            old = state.get("config", {})
-            raise ConfigError("resume_from", f"checkpoint of arch={old.get('arch')} width={old.get('width')} "
-                              f"does not fit arch={self.cfg.model.arch} width={self.cfg.model.width}: "
-                              f"{str(exc).splitlines()[0]}") from None
-        self.method.load_state_dict(state["method"])
-        self.finetune.load_state_dict(state["finetune"])
-        self.phase, self.phase_epoch = state["phase"], state["phase_epoch"]
-        self.epochs, self.accs, self.weights = state["epochs"], state["accs"], state["weights"]
-        self.elapsed = state["elapsed"]
-        self.optimizer = self._new_optimizer(self._phase(self.phase))
-        if state["optimizer"] is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"])
+        checkpoint.restore(self, folder)
 
     # ---- dense model and dense control (shared through the dense store)
-    def _dense_payload(self) -> bytes:
-        self._start_phase("dense")
-        self._run_phase(reported=False)
-        recalibrate_bn(self.model, self.loaders.recal, self.cfg.train.bn_recal_batches)
-        self._measure("dense", recal=False)
-        buf = io.BytesIO()
-        torch.save({"model": self.model.state_dict(), "epochs": self.epochs, "accs": self.accs,
-                    "weights": self.weights, "status": self.status, "error": self.error}, buf)
-        return buf.getvalue()
-
     def _dense(self) -> None:
         if self.dense_store is None:
-            payload = self._dense_payload()
+            payload = dense_payload(self)
         else:
-            payload = self.dense_store.get_or_build(self.device_key, self._dense_payload)
+            payload = self.dense_store.get_or_build(self.device_key, functools.partial(dense_payload, self))
         state = torch.load(io.BytesIO(payload), map_location=self.device, weights_only=False)
         self.model.load_state_dict(state["model"])
         self.epochs, self.accs = list(state["epochs"]), dict(state["accs"])
@@ -560,27 +310,15 @@ class _Trial:
         self.weights = [w for w in state["weights"] if w["stage"] != "dense"]
         self._histogram("dense")
 
-    def _control_payload(self) -> bytes:
-        """Train a copy of the dense model control_epochs more with the dense recipe (DESIGN rule 11)."""
-        sub = _Trial(self.cfg, self.data, None, None, self.trial_id, loaders=self.loaders)
-        sub.model.load_state_dict(self.model.state_dict())
-        sub._start_phase("control")
-        sub._run_phase(reported=False)
-        if sub.status == "ok":
-            sub._measure("control")
-        accs = {k: v for k, v in sub.accs.items() if k.startswith("control_")}
-        buf = io.BytesIO()
-        torch.save({"accs": accs, "status": sub.status, "epochs": sub.epochs}, buf)
-        return buf.getvalue()
-
     def _control(self) -> None:
         """The dense control's accuracies into self.accs: built here, or read from the store. Never waits:
         when another trial is building it, this trial's row leaves them empty and analysis takes them from
         any row with the same control_key."""
         if self.dense_store is None:
-            payload = self._control_payload()
+            payload = control_payload(self)
         else:
-            payload = self.dense_store.get_or_build(self.control_key, self._control_payload, wait=False)
+            payload = self.dense_store.get_or_build(self.control_key, functools.partial(control_payload, self),
+                                                    wait=False)
         if payload is not None:
             self.accs.update(torch.load(io.BytesIO(payload), weights_only=False)["accs"])
 
@@ -591,72 +329,35 @@ class _Trial:
             if self.status == "ok" and self.cfg.run.dense_control:
                 self._control()
             if self.status == "ok":
-                self.accs["dense_distance"] = self._distance()  # before the method touches W
-                self._start_phase("sparsify")
+                self.accs["dense_distance"] = distance(self.params, self.sset)  # before the method touches W
+                self.start_phase("sparsify")
         if self.status == "ok" and self.phase == "sparsify":
-            if self._run_phase(reported=True):
+            if self.run_phase(reported=True):
                 # pre-prune (DESIGN.md): the end of the sparsify phase, right before the hard projection
-                self._measure("pre_prune")
+                self.measure("pre_prune")
                 self._histogram("pre_prune")
                 self._project()
-                self._start_phase("finetune")
+                self.start_phase("finetune")
         if self.status == "ok" and self.phase == "finetune":
-            if self._run_phase(reported=True):
-                self._measure("final")
+            if self.run_phase(reported=True):
+                self.measure("final")
                 self._histogram("final")
         return self._finish()
-
-    @torch.no_grad()
-    def _distance(self, projected: list[torch.Tensor] | None = None) -> float:
-        """sum ||W - Proj_S(W)||^2 over the prunable tensors: how far W is from the sparse set (``projected``:
-        Proj_S(W) when the caller has it already). One host sync."""
-        if projected is None:
-            projected = self.sset.project([p.detach() for p in self.params])
-        diff = torch._foreach_sub([p.detach() for p in self.params], projected)
-        return float(torch.stack(torch._foreach_norm(diff)).square().sum())
 
     @torch.no_grad()
     def _project(self) -> None:
         """Hard projection W <- Proj_S(W); accuracy measured with stale and with recalibrated BN."""
         projected = self.sset.project([p.detach() for p in self.params])
-        self.accs["pre_prune_distance"] = self._distance(projected)  # what the projection removes
+        self.accs["pre_prune_distance"] = distance(self.params, self.sset, projected)  # what the projection removes
         torch._foreach_copy_(self.params, projected)
         self.finetune.masks = [(p != 0).to(p.dtype) for p in projected]
-        self._measure("post_prune_stale_bn", recal=False)
-        self._measure("post_prune")
+        self.measure("post_prune_stale_bn", recal=False)
+        self.measure("post_prune")
         self._histogram("post_prune")
 
     def _finish(self) -> TrialResult:
-        cfg = self.cfg
-        weights = [p.detach() for p in self.params]
-        targets = dict(zip(self.pnames, self.sset.target_sparsities(weights)))
-        layers = [dict(r, seed=cfg.run.seed) for r in layer_report(self.model, self.pnames, target_sparsity=targets)]
-        sizes = summarize(layers, self.model)
-        kept = self.sset.kept_count(weights)  # the set's own count: never recomputed from a fraction
-        if self.status == "ok" and sizes["prunable_nonzero"] > kept:
-            # nonzero <= kept: a kept weight may itself be exactly zero, never the other way round
-            raise RuntimeError(f"{sizes['prunable_nonzero']} nonzero prunable weights, but the "
-                               f"{cfg.prune.sparsity_set} set keeps {kept}: the pruned model is not in S")
-        summary = {
-            "arch": cfg.model.arch, "method": cfg.prune.method, "seed": cfg.run.seed, "status": self.status,
-            "error": self.error, "study": "", "optuna_trial": -1, "space": "",
-            **cfg.hyperparameters(),
-            "target_sparsity": self.sset.sparsity(weights), "dense_key": self.device_key,
-            "control_key": self.control_key if cfg.run.dense_control else "",
-            **{k: self.accs.get(k, math.nan) for k in schema.TRIALS.names if k.endswith(("_acc", "_distance"))},
-            **sizes, "epochs_run": len(self.epochs),
-            "wall_time_s": self.elapsed + time.monotonic() - self.t0, "device": str(self.device),
-            "config_json": schema.dumps(cfg.to_dict()),
-            "provenance_json": schema.dumps(provenance(self.device, self.data_given, self.runner)),
-        }
-        model = None
-        if self.status == "ok":
-            model = model_file.encode(self.model, prunable=self.pnames, config=cfg.to_dict(),
-                                      trial_id=self.trial_id, mean=self.data.mean, std=self.data.std)
-            summary.update(model_bytes=len(model), dense_bytes=model_file.dense_nbytes(self.model))
-        weights_rows = [dict(r, seed=cfg.run.seed) for r in self.weights]
-        epochs = [dict(r) for r in self.epochs]
-        result = TrialResult(summary, epochs, layers, weights_rows, model if cfg.run.keep_model else None)
+        result = trial_result(self)
+        summary = result.summary
         if self.on_result is not None:
             self.on_result(result)  # e.g. the sweep writes its Parquet tables before Tune may stop the trial
         if self.report is not None:
@@ -689,8 +390,8 @@ def run_trial(config: TrialConfig | Mapping[str, Any], *, data: Splits | None = 
     if data is None:
         data = load_splits(cfg.data)
     check_trial(cfg, data)
-    trial = _Trial(cfg, data, report, dense_store, trial_id, data_given=data_given, on_result=on_result,
-                   runner=runner)
+    trial = Trial(cfg, data, report, dense_store, trial_id, data_given=data_given, on_result=on_result,
+                  runner=runner)
     if resume_from is not None:
         trial.load(resume_from)
     return trial.run(resumed=resume_from is not None)

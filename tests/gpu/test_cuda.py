@@ -24,8 +24,9 @@ from vocabulary.config import TrialConfig
 from trainables.data import Loader, load_splits
 from trainables.methods import Dense
 from trainables.models import build_model
-from trainables.trial import (FileDenseStore, _bn_buffers, _Trial, evaluate, evaluate_recalibrated, recalibrate_bn,
-                              run_trial, train_epoch)
+from trainables.dense_store import FileDenseStore
+from trainables.evaluate import bn_buffers, evaluate, evaluate_recalibrated, recalibrate_bn
+from trainables.trial import Trial, run_trial, train_epoch
 
 CUDA = {"dataset": "synthetic", "synthetic_train": 512, "synthetic_test": 128, "width": 0.25, "dense_epochs": 1,
         "sparsify_epochs": 2, "finetune_epochs": 1, "batch_size": 64, "bn_recal_batches": 2,
@@ -86,8 +87,8 @@ class _SyncGuard:
 
 @pytest.mark.parametrize("method, sset, schedule", CASES)
 def test_training_steps_never_wait_on_the_host(splits, method, sset, schedule):
-    trial = _Trial(TrialConfig.from_dict(_cfg(method, sset, schedule)), splits, None, None, "t")
-    trial._start_phase("sparsify")  # the method's phase: ADMM projects every quarter epoch, magnitude per step
+    trial = Trial(TrialConfig.from_dict(_cfg(method, sset, schedule)), splits, None, None, "t")
+    trial.start_phase("sparsify")  # the method's phase: ADMM projects every quarter epoch, magnitude per step
     loss, _, steps = train_epoch(trial.model, trial.params, _SyncGuard(trial.loaders.train), trial.optimizer,
                                  trial.method, epoch=0, step0=0, label_smoothing=0.0, device=trial.device)
     assert steps == len(trial.loaders.train) > 2 and math.isfinite(loss)
@@ -98,14 +99,14 @@ def test_resumed_steps_never_wait_on_the_host(splits, tmp_path):
     counts on the CPU and reads them with .item() every step: moved to the GPU by the checkpoint load, each
     step would wait on the device once per parameter tensor."""
     cfg = TrialConfig.from_dict(_cfg("admm", "uniform", "per_step"))
-    trial = _Trial(cfg, splits, None, None, "t")
-    trial._start_phase("sparsify")
+    trial = Trial(cfg, splits, None, None, "t")
+    trial.start_phase("sparsify")
     steps = len(trial.loaders.train)
     train_epoch(trial.model, trial.params, trial.loaders.train, trial.optimizer, trial.method, epoch=0, step0=0,
                 label_smoothing=0.0, device=trial.device)
     trial.phase_epoch = 1
     trial.save(str(tmp_path))
-    resumed = _Trial(cfg, splits, None, None, "t")
+    resumed = Trial(cfg, splits, None, None, "t")
     resumed.load(str(tmp_path))
     counts = [s["step"] for s in resumed.optimizer.state.values()]
     assert counts and all(c.device.type == "cpu" for c in counts), {c.device.type for c in counts}
@@ -180,19 +181,19 @@ def test_bn_recalibration_on_cuda(splits):
     odd = dataclasses.replace(splits, val_x=(255 - splits.val_x).contiguous())
     stats = []
     for data in (splits, odd):
-        trial = _Trial(cfg, data, None, None, "t")
-        trial._measure("dense")
-        stats.append([b.clone() for b in _bn_buffers(trial.model)])
+        trial = Trial(cfg, data, None, None, "t")
+        trial.measure("dense")
+        stats.append([b.clone() for b in bn_buffers(trial.model)])
     assert all(torch.equal(a, b) for a, b in zip(*stats))
     # it repairs ruined statistics under bf16 autocast and channels-last, as a trial runs
-    trial._start_phase("dense")
+    trial.start_phase("dense")
     for epoch in range(3):
         train_epoch(trial.model, trial.params, trial.loaders.train, trial.optimizer, Dense(), epoch=epoch,
                     step0=0, label_smoothing=0.0, device=trial.device)
     val, recal = trial.loaders.val, trial.loaders.recal
-    before = [b.clone() for b in _bn_buffers(trial.model)]
+    before = [b.clone() for b in bn_buffers(trial.model)]
     evaluate_recalibrated(trial.model, val, recal, 2, trial.device)
-    assert all(torch.equal(a, b) for a, b in zip(before, _bn_buffers(trial.model)))  # measuring changes nothing
+    assert all(torch.equal(a, b) for a, b in zip(before, bn_buffers(trial.model)))  # measuring changes nothing
     for b in trial.model.modules():
         if isinstance(b, torch.nn.BatchNorm2d):
             b.running_mean.fill_(5.0)
