@@ -4,3 +4,5 @@ so trainables writes, sweep drives and analysis reads through the same two small
 
     trainables -> results <- analysis        (sweep hands trainables' results to results)
 """
+
+__all__ = ["files", "schema"]  # the modules other packages use (``from results import files, schema``)

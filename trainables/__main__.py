@@ -19,6 +19,9 @@ import sys
 from vocabulary import config as C
 from trainables.progress import duration
 
+__all__ = ["main", "build_parser", "option_help", "check_paths", "free_fields", "resumed_config",
+           "progress_on_stderr"]
+
 
 def _parse_optional(kind):
     def parse(text: str):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+__all__: list[str] = []  # a forwarding command, nothing to import
+
 if __name__ == "__main__":
     print("note: python -m trainables.bench moved to python -m bench; forwarding", file=sys.stderr)
     from bench.cli import main

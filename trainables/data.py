@@ -19,6 +19,9 @@ from vocabulary.config import DATA_FOLDERS, NUM_CLASSES, DataConfig
 
 log = logging.getLogger(__name__)
 
+__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10_CLASSES", "CIFAR100_MEAN", "CIFAR100_STD", "DataError", "Splits",
+           "read_cifar10_folder", "read_cifar100_folder", "load_splits", "Loader", "augment_batch"]
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -27,6 +27,8 @@ from torch import nn
 
 FORMAT = "prunesweep-sparse-model-1"
 
+__all__ = ["FORMAT", "encode", "dense_nbytes", "decode", "load_model", "Normalize", "with_normalization"]
+
 
 def encode(model: nn.Module, *, prunable: list[str], config: Mapping[str, Any], trial_id: str,
            mean, std) -> bytes:

@@ -26,6 +26,8 @@ from __future__ import annotations
 from torch import nn
 from torchvision import models as tvm
 
+__all__ = ["build_model", "first_conv_name"]
+
 # arch -> (stem conv, the block whose stride-2 depthwise conv becomes stride 1)
 _STRIDE_ONE = {
     "mobilenet_v2": ("features.0.0", "features.2"),

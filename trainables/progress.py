@@ -14,6 +14,8 @@ from vocabulary.config import TrialConfig
 
 log = logging.getLogger("trainables.progress")
 
+__all__ = ["PHASES", "epochs_after", "epoch_done", "duration"]
+
 PHASES = ("dense", "control", "sparsify", "finetune")  # the order a trial runs its phases in
 
 

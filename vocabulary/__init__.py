@@ -5,3 +5,5 @@ here imports them:
 
     vocabulary <- trainables -> results <- analysis <- sweep   (sweep also drives trainables; all use vocabulary)
 """
+
+__all__ = ["config"]  # the module other packages use (``from vocabulary import config``)
