@@ -76,7 +76,7 @@ def loader_images_per_s(x, y, batch_size: int, steps: int, device: torch.device)
 
 
 def eval_seconds_per_epoch(rig: Rig, x, y, batch_size: int, recal_batches: int = 50) -> float:
-    """Seconds of one epoch's evaluation as a trial does it (trial.evaluate_recalibrated: BN recalibration on
+    """Seconds of one epoch's evaluation as a trial does it (evaluate.evaluate_recalibrated: BN recalibration on
     ``recal_batches`` training batches, then a 5,000-image validation pass)."""
     dev = rig.device
     common = dict(mean=CIFAR10_MEAN, std=CIFAR10_STD, device=dev, channels_last=dev.type == "cuda")
