@@ -1,8 +1,9 @@
 """The results schema: table names, columns, types and version, shared by the writer and the reader.
 
-Imports pyarrow, ``results.files`` and the torch-free ``vocabulary.config`` only (never torch or Ray), so ``analysis`` can read
+Imports pyarrow, ``results.files`` and the torch-free ``vocabulary`` only (never torch or Ray), so ``analysis`` can read
 results with light dependencies. The trials table's hyperparameter columns are generated from TrialConfig
-(``config.hyperparameter_fields``): a new config field reaches the results and the analysis grouping by itself.
+(``config.hyperparameter_fields``): a new config field reaches the results and the analysis grouping by itself;
+the epochs table's method columns likewise from the methods' declared metrics (``vocabulary.registry``).
 
 Layout inside an experiment folder (hive partitioning, so ``pandas.read_parquet(folder)`` and pyarrow
 datasets read a table whole)::
@@ -28,6 +29,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from results import files
+from vocabulary import registry
 from vocabulary.config import all_fields, hyperparameter_fields
 
 # 2: hyperparameter columns generated from TrialConfig, dense control, mask_changes
@@ -59,6 +61,11 @@ _ARROW_TYPES = {"str": pa.string(), "str | None": pa.string(), "float": pa.float
 def _hyperparameter_columns() -> list[tuple[str, pa.DataType]]:
     types = {f.name: f.type for f in all_fields()}
     return [(name, _ARROW_TYPES[types[name]]) for name in HYPERPARAMETERS]
+
+
+def method_metric_columns() -> list[tuple[str, pa.DataType]]:
+    """The epochs table's method columns: every registered method's metrics (vocabulary.registry), in order."""
+    return [(m.name, _ARROW_TYPES[m.type]) for m in registry.method_metrics()]
 
 
 # every TrialConfig hyperparameter except the partition columns, which live in the folder names
@@ -131,10 +138,11 @@ EPOCHS = pa.schema(
         ("val_loss", pa.float64()),
         ("lr", pa.float64()),
         ("density", pa.float64()),  # fraction of prunable weights that are nonzero
-        ("primal_residual", pa.float64()),  # ADMM sum ||W - Z||_F^2 at the last Z/U update, NaN otherwise
-        ("dual_residual", pa.float64()),  # ADMM rho^2 sum ||Z - Z_prev||_F^2, NaN otherwise
-        ("rho", pa.float64()),
-        ("mask_changes", pa.int64()),  # magnitude per_step: weights that entered or left the kept set this epoch
+    ]
+    # the methods' own per-epoch values (primal_residual, rho, mask_changes ...), each declared with its type and
+    # comment in vocabulary/registry.py; NaN (float) or null (int) in the rows of the other methods
+    + method_metric_columns()
+    + [
         ("seconds", pa.float64()),
         ("images_per_s", pa.float64()),
     ]

@@ -45,7 +45,7 @@ def test_nm_pattern_and_depthwise_dense():
     torch.manual_seed(0)
     conv = torch.randn(3, 8, 3, 3)
     dw = torch.randn(4, 1, 3, 3)
-    nm = make_sparsity_set("nm", 0.0, n=2, m=4)
+    nm = make_sparsity_set("nm", 0.0, nm_n=2, nm_m=4)
     pc, pd = nm.project([conv, dw])
     groups = (pc != 0).movedim(1, -1).reshape(-1, 4)
     assert (groups.sum(1) == 2).all()

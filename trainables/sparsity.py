@@ -9,11 +9,15 @@ index is kept (a stable descending sort). For the global set the order is (tenso
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
+from vocabulary import registry
+from vocabulary.config import PruneConfig
 from results import schema
 from trainables.models import first_conv_name
 
@@ -146,20 +150,30 @@ class NMSet(SparsitySet):
         return [1.0 - self.n / self.m if self._supported(t) else 0.0 for t in tensors]
 
 
-# The registry: config.SPARSITY_SETS names exactly these (tests/test_contracts.py checks it), and the contract
-# tests run on every entry. Each maker takes (sparsity, n, m) so one call builds any set.
-SETS = {
-    "uniform": lambda sparsity, n, m: UniformSet(sparsity),
-    "global": lambda sparsity, n, m: GlobalSet(sparsity),
-    "nm": lambda sparsity, n, m: NMSet(n, m),
+# The registry: vocabulary/registry.py SETS declares exactly these names (tests/test_contracts.py checks it)
+# with the PruneConfig fields each reads; the contract tests run on every entry. A maker builds its set from
+# the prune config, reading only its own fields.
+SETS: dict[str, Callable[[PruneConfig], SparsitySet]] = {
+    "uniform": lambda p: UniformSet(p.sparsity),
+    "global": lambda p: GlobalSet(p.sparsity),
+    "nm": lambda p: NMSet(p.nm_n, p.nm_m),
 }
 
 
-def make_sparsity_set(kind: str, sparsity: float, *, n: int = 2, m: int = 4) -> SparsitySet:
-    """The sparsity set ``kind`` (a key of SETS); ``sparsity`` in [0, 1) is ignored for nm."""
+def sparsity_set(prune: PruneConfig, level: float | None = None) -> SparsitySet:
+    """The trial's sparsity set (``prune.sparsity_set``), or the same set at another sparsity ``level``."""
+    return SETS[prune.sparsity_set](prune if level is None else dataclasses.replace(prune, sparsity=level))
+
+
+def make_sparsity_set(kind: str, sparsity: float = 0.5, **fields: Any) -> SparsitySet:
+    """The sparsity set ``kind`` (a key of SETS) at ``sparsity`` in [0, 1) (ignored by sets that do not read
+    it, nm), with other fields of its own (``nm_n=2, nm_m=4``); unvalidated: for tests and benchmarks."""
     if kind not in SETS:
         raise ValueError(f"sparsity_set: {kind!r} is not one of {', '.join(SETS)}")
-    return SETS[kind](sparsity, n, m)
+    foreign = sorted(set(fields) - set(registry.SETS[kind].fields))
+    if foreign:
+        raise ValueError(f"sparsity_set {kind} does not read {', '.join(foreign)}")
+    return SETS[kind](PruneConfig(sparsity_set=kind, sparsity=sparsity, **fields))
 
 
 @torch.no_grad()

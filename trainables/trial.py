@@ -28,11 +28,10 @@ from vocabulary.config import ConfigError, TrialConfig
 from trainables.data import Loader, Splits, load_splits
 from trainables.dense_store import DenseStore, control_payload, dense_payload
 from trainables.evaluate import autocast, distance, evaluate, evaluate_recalibrated, projected_accuracy, recalibrate_bn
-from trainables.methods import (Dense, MaskedFinetune, PruningMethod, check_admm_schedule, check_gradual_schedule,
-                                make_method)
+from trainables.methods import Dense, MaskedFinetune, PruningMethod, check_method, make_method, metric_columns
 from trainables.models import build_model
 from trainables.result import TrialResult, trial_result
-from trainables.sparsity import make_sparsity_set, prunable_parameters, weight_histogram
+from trainables.sparsity import prunable_parameters, sparsity_set, weight_histogram
 
 __all__ = ["run_trial", "check_trial", "Trial", "Loaders", "Phase", "train_epoch", "make_optimizer",
            "seed_everything"]
@@ -156,8 +155,8 @@ class Trial:
         self.params = [p for _, p in named]
         self.loaders = loaders or Loaders(cfg, data, self.device)
         p = cfg.prune
-        self.sset = make_sparsity_set(p.sparsity_set, p.sparsity, n=p.nm_n, m=p.nm_m)
-        self.method = make_method(p, self.sset, lambda s: make_sparsity_set(p.sparsity_set, s, n=p.nm_n, m=p.nm_m))
+        self.sset = sparsity_set(p)
+        self.method = make_method(p, self.sset)
         self.finetune = MaskedFinetune()
         self.epochs: list[dict] = []
         self.accs: dict[str, float] = {}
@@ -242,9 +241,7 @@ class Trial:
             row = {"seed": self.cfg.run.seed, "phase": self.phase, "epoch": len(self.epochs) + 1,
                    "phase_epoch": self.phase_epoch, "train_loss": loss, "objective": obj, "val_acc": val_acc,
                    "projected_val_acc": projected_acc, "val_loss": val_loss, "lr": cur_lr, "density": _density(self.params),
-                   "primal_residual": extra.get("primal_residual", math.nan),
-                   "dual_residual": extra.get("dual_residual", math.nan), "rho": extra.get("rho", math.nan),
-                   "mask_changes": extra.get("mask_changes"),
+                   **metric_columns(self.cfg.prune.method, extra),  # the methods' declared metrics
                    "seconds": secs, "images_per_s": steps * self.cfg.data.batch_size / max(secs, 1e-9)}
             self.epochs.append(row)
             progress.epoch_done(self.cfg, row, phase_epochs=phase.epochs, wall_s=time.monotonic() - t)
@@ -374,8 +371,7 @@ class Trial:
 def check_trial(cfg: TrialConfig, data: Splits) -> None:
     """Checks that need the data's size, before any training: raises ConfigError naming the field."""
     steps = -(-len(data.train_x) // cfg.data.batch_size)
-    check_admm_schedule(cfg.prune, cfg.train.sparsify_epochs, steps)
-    check_gradual_schedule(cfg.prune, cfg.train.sparsify_epochs, steps)
+    check_method(cfg.prune, cfg.train.sparsify_epochs, steps)  # the method's own check (its Method.check)
 
 
 def run_trial(config: TrialConfig | Mapping[str, Any], *, data: Splits | None = None,

@@ -18,14 +18,16 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from vocabulary import registry
+
 ARCHS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 DATASETS = ("cifar10", "cifar100", "digits", "synthetic")
 # The dataset decides the classifier's outputs (ModelConfig.num_classes follows it; CIFAR-100: its 100 fine labels)
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10, "synthetic": 10}
 # The datasets that data_dir can give, and the folder of their python on-disk layout inside it
 DATA_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-METHODS = ("admm", "magnitude")
-SPARSITY_SETS = ("uniform", "global", "nm")
+METHODS = tuple(registry.METHODS)  # the pruning methods: vocabulary/registry.py declares each
+SPARSITY_SETS = tuple(registry.SETS)
 MAGNITUDE_SCHEDULES = ("per_step", "one_shot", "gradual")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
@@ -38,11 +40,9 @@ DENSE = {"dense": True}  # changes the dense-phase payload: part of the shared d
 NOT_HP = {"hyperparameter": False}  # how or where a trial runs, not what it computes: not a results column
 DENSE_NOT_HP = {**DENSE, **NOT_HP}
 
-# The hyperparameters that only one method reads; the other method's rows record them as null.
-METHOD_FIELDS = {
-    "admm": ("rho", "rho_growth", "rho_max", "admm_interval", "admm_interval_unit"),
-    "magnitude": ("schedule", "gradual_interval"),
-}
+# The hyperparameters that only one method reads (its registry entry names them); the other methods' rows
+# record them as null.
+METHOD_FIELDS = {name: spec.fields for name, spec in registry.METHODS.items()}
 
 
 class ConfigError(ValueError):
@@ -154,9 +154,9 @@ class DenseConfig:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    method: str = "admm"  # the sparsify phase: ADMM or the magnitude baseline
+    method: str = "admm"  # the sparsify phase's pruning method
     sparsity: float = 0.5  # fraction of prunable weights set to zero, in [0, 1)
-    sparsity_set: str = "uniform"  # uniform: s per layer; global: one magnitude threshold; nm: N:M groups
+    sparsity_set: str = "uniform"  # the set the weights are projected onto
     nm_n: int = 2  # N:M keeps nm_n of every nm_m consecutive weights along the input dimension
     nm_m: int = 4  # N:M group size (2:4 is what sparse tensor cores run)
     prune_first_conv: bool = False  # the stem conv has few weights and much influence: dense by default
@@ -267,7 +267,8 @@ _SECTIONS = {
 def field_help() -> dict[str, str]:
     """Each field's comment in this file: the comment on its line, else the comment lines right above it.
 
-    The CLIs' help texts come from here, so a field's documentation is written once, at the field.
+    The CLIs' help texts come from here, so a field's documentation is written once, at the field; the
+    method and sparsity_set texts add each registered one's help (vocabulary/registry.py).
     """
     import inspect
     import tokenize
@@ -291,6 +292,9 @@ def field_help() -> dict[str, str]:
                     above.append(text)
             elif tok.type == tokenize.NAME and tok.start[1] == 4:
                 above = []  # a comment above a method or a docstring, not a field's
+    # the registered methods and sets, each with its own line of help: a new one is listed by registering it
+    for name, specs in (("method", registry.METHODS), ("sparsity_set", registry.SETS)):
+        out[name] = f"{out[name]} ({registry.choices_help(specs)})"
     return out
 
 
