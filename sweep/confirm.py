@@ -5,8 +5,9 @@ the dense store keys on the seed). These trials are not search trials: Optuna is
 carry ``stage = "confirmation"`` (results.schema.TRIAL_STAGES), and the tuning-stage choice never reads them.
 
 Seeds: the K after every seed the tuning used (its --seeds and any seed a row of it ran), recorded in sweep.json
-as ``"confirm": {"seeds": [...]}`` before any trial starts, so the analysis knows which seeds a confirmation
-must have. A re-run with the same K finishes them; a larger K adds the next seeds; a smaller one is refused.
+as ``"confirm": {"seeds": [...]}`` (sweep.record.SweepOptions.confirm_seeds) before any trial starts, so the
+analysis knows which seeds a confirmation must have. A re-run with the same K finishes them; a larger K adds
+the next seeds; a smaller one is refused.
 
 Kill-safe: each confirmation trial writes its rows under a deterministic id per (configuration, seed)
 (:func:`row_id`), so a re-run skips the trials that ended ok or diverged and runs the rest again (a killed
@@ -17,6 +18,7 @@ Tune's state of a confirmation lives in ``<experiment>/confirm/``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
@@ -27,8 +29,11 @@ from results import schema
 
 from . import spaces as sp
 from .options import UsageError, parse_set, validate_resume, without_params
+from .record import SweepOptions
 
-CONFIRM_KEY = "confirm"  # sweep.json: {"seeds": [...]}
+__all__ = ["confirm", "confirm_seeds", "Chosen", "chosen_configurations", "row_id", "plan", "pending", "run_trials",
+           "PlannedTrials", "CONFIRM_DIR"]
+
 CONFIRM_DIR = "confirm"  # Tune's state of the confirmation runs, inside the experiment folder
 
 
@@ -59,7 +64,7 @@ class Chosen:
     flat: dict[str, Any]
 
 
-def chosen_configurations(experiment: str, options: dict) -> tuple[list[Chosen], set[int]]:
+def chosen_configurations(experiment: str, options: SweepOptions) -> tuple[list[Chosen], set[int]]:
     """(each method's chosen configuration at each arch and comparison level, by the shared rule on the
     tuning rows; the seeds the tuning rows ran). UsageError naming NAME when there is none."""
     from analysis.load import ExperimentError, display_name, load_tables
@@ -69,7 +74,7 @@ def chosen_configurations(experiment: str, options: dict) -> tuple[list[Chosen],
         trials = load_tables([experiment]).trials
     except ExperimentError as e:
         raise UsageError("NAME", f"no results to confirm ({e})") from None
-    trials = with_sweep_options(trials, {display_name(experiment): options})
+    trials = with_sweep_options(trials, {display_name(experiment): options.to_dict()})
     rows = annotate(trials)
     tuning = stage_trials(rows)
     chosen: dict[tuple, Chosen] = {}
@@ -118,27 +123,27 @@ def confirm(args: argparse.Namespace, write: Callable[[str], None]) -> str:
     validate_resume(args)
     experiment, options = read_options(args)
     chosen, used = chosen_configurations(experiment, options)
-    recorded = (options.get(CONFIRM_KEY) or {}).get("seeds") or []
-    seeds = confirm_seeds(options.get("seeds") or 1, used, args.seeds, recorded)
+    seeds = confirm_seeds(options.seeds, used, args.seeds, options.confirm_seeds)
     todo = pending(experiment, plan(chosen, seeds))
-    space = without_params(sp.load_space(options["space"]), set(parse_set(options["set"])))
+    space = without_params(sp.load_space(options.space), set(parse_set(list(options.set))))
     run_options = with_overrides(options, args)
     if todo:  # a finished confirmation needs no Ray
-        init_ray(bool(run_options.get("local")))
-        check_resources(run_options["cpus_per_trial"], run_options["gpus_per_trial"],
-                        local=bool(run_options.get("local")))
-    write_options(experiment, {**options, CONFIRM_KEY: {"seeds": seeds}})  # before any trial: the analysis's truth
+        init_ray(run_options.local)
+        check_resources(run_options.cpus_per_trial, run_options.gpus_per_trial, local=run_options.local)
+    # before any trial: the analysis's truth
+    write_options(experiment, dataclasses.replace(options, confirm_seeds=tuple(seeds)))
     write(f"confirmation: {len(chosen)} chosen configuration{'s' if len(chosen) != 1 else ''} on seeds "
           f"{', '.join(map(str, seeds))}: {len(todo)} trials to run, {len(chosen) * len(seeds) - len(todo)} done before")
     if todo:
-        run_trials(run_options, space, todo, write, again=f"confirm {options['name']} --seeds {len(seeds)}")
+        run_trials(run_options, space, todo, write, again=f"confirm {options.name} --seeds {len(seeds)}")
     from .driver import finish
 
     finish(experiment, run_options, write)
     return experiment
 
 
-def run_trials(options: dict, space: sp.Space, todo: list[dict], write: Callable[[str], None], again: str) -> None:
+def run_trials(options: SweepOptions, space: sp.Space, todo: list[dict], write: Callable[[str], None],
+               again: str) -> None:
     """One fresh Tuner over the planned confirmation trials (``todo``), no scheduler, no Optuna."""
     from ray import tune
 

@@ -8,10 +8,10 @@ the final summary. Public API (stable; the cluster tests call it with Ray alread
         starts one here and no --local joins address="auto". Raises Interrupted after a Ctrl-C.
 
 Experiment folder ``<storage>/<name>``: Tune's state, ``optuna.journal`` (one study per (arch, method)),
-``results/`` (Parquet), ``dense/`` (shared dense models and dense controls), ``sweep.json`` (the options;
-resume reads it). ``resume --trials N`` (a longer search) runs a fresh Tuner whose state lives in
-``extend-<k>/`` (sweep.json ``tune_dir``: where a later plain resume restores Tune from); ``confirm`` runs in
-``confirm/`` (sweep.confirm).
+``results/`` (Parquet), ``dense/`` (shared dense models and dense controls), ``sweep.json`` (the options, a
+:class:`sweep.record.SweepOptions`; resume and confirm read it). ``resume --trials N`` (a longer search) runs a
+fresh Tuner whose state lives in ``extend-<k>/`` (sweep.json ``tune_dir``: where a later plain resume restores
+Tune from); ``confirm`` runs in ``confirm/`` (sweep.confirm).
 """
 
 from __future__ import annotations
@@ -20,18 +20,22 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import math
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from vocabulary.config import TrialConfig
 
-from . import console, spaces as sp
-from .options import (JOURNAL, OPTIONS_FILE, UsageError, asha_max_t, build_parser, check_data, exists,
-                      experiment_path, load_data, parse_set, validate_resume, validate_run, without_params)
+from . import console, record, spaces as sp
+from .options import (UsageError, asha_max_t, build_parser, check_data, check_reference, exists, experiment_path,
+                      load_data, parse_set, validate_resume, validate_run, without_params)
+from .record import JOURNAL, OPTIONS_FILE, SweepOptions, SweepOptionsError
 from .resources import check_resources, check_storage, check_storage_here, default_gpus, init_ray
+
+__all__ = ["run_sweep", "start", "resume", "read_options", "write_options", "with_overrides", "extended",
+           "tune_folder", "RESUME", "Run", "prepare", "run_config", "fit", "launch", "new_tuner", "finish",
+           "study_attrs", "Interrupted", "interruptible", "trial_dirname", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -66,70 +70,69 @@ def start(args: argparse.Namespace, write: Callable[[str], None]) -> str:
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else default_gpus(args.local)
     check_resources(args.cpus_per_trial, gpus, local=args.local)
     storage = check_storage(storage)
-    experiment = experiment_path(storage, name)
-    options = {**vars(args), "storage": storage, "name": name, "gpus_per_trial": gpus, "archs": archs,
-               "base": base, "optuna_storage": JOURNAL}
-    write_options(experiment, options)
+    options = SweepOptions.from_dict({
+        "name": name, "storage": storage, "space": args.space, "archs": archs, "base": base, "set": args.set,
+        "trials": args.trials, "seeds": args.seeds, "sampler": args.sampler, "scheduler": args.scheduler,
+        "keep_models": args.keep_models, "max_failures": args.max_failures, "max_concurrent": args.max_concurrent,
+        "local": args.local, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": gpus,
+        "optuna_storage": JOURNAL, "reference": check_reference(args.reference, space)})
+    write_options(experiment_path(storage, name), options)
     return launch(options, space, resume=False, write=write, splits=splits)
 
 
-def read_options(args: argparse.Namespace) -> tuple[str, dict]:
-    """(experiment folder, sweep.json's options) of the sweep ``args.name`` in ``args.storage``; UsageError
-    naming NAME when there is none. Before Ray: an unreachable storage is a usage error at once."""
-    from results.files import read_bytes
-
+def read_options(args: argparse.Namespace) -> tuple[str, SweepOptions]:
+    """(experiment folder, its sweep.json) of the sweep ``args.name`` in ``args.storage``; UsageError naming
+    NAME when there is none or it cannot be read. Before Ray: an unreachable storage is a usage error at once."""
     storage = check_storage_here(args.storage)
     experiment = experiment_path(storage, args.name)
-    raw = read_bytes(experiment, OPTIONS_FILE)
-    if raw is None:
+    try:
+        options = record.read(experiment)
+    except SweepOptionsError as e:
+        raise UsageError("NAME", f"{args.name!r}'s {OPTIONS_FILE} cannot be read: {e}") from None
+    if options is None:
         raise UsageError("NAME", f"no sweep {args.name!r} in {storage} (no {OPTIONS_FILE})")
-    return experiment, json.loads(raw)
+    return experiment, options
 
 
-def write_options(experiment: str, options: dict) -> None:
-    """sweep.json, atomically (results.files.write_bytes)."""
-    from results.files import write_bytes
-
-    write_bytes(experiment, OPTIONS_FILE, json.dumps(options, indent=1, sort_keys=True).encode())
+def write_options(experiment: str, options: SweepOptions) -> None:
+    """sweep.json, atomically (sweep.record.write)."""
+    record.write(experiment, options)
 
 
-def with_overrides(options: dict, args: argparse.Namespace) -> dict:
+def with_overrides(options: SweepOptions, args: argparse.Namespace) -> SweepOptions:
     """What the command gives wins; what it does not give is what the sweep ran with (not written back)."""
-    out = dict(options)
-    for key in ("local", "gpus_per_trial", "cpus_per_trial"):
-        if getattr(args, key) is not None:
-            out[key] = getattr(args, key)
-    return out
+    given = {key: getattr(args, key) for key in ("local", "gpus_per_trial", "cpus_per_trial")}
+    return dataclasses.replace(options, **{key: value for key, value in given.items() if value is not None})
 
 
-def extended(options: dict, space: sp.Space, more: int) -> dict:
+def extended(options: SweepOptions, space: sp.Space, more: int) -> SweepOptions:
     """The options of a longer search: ``more`` configurations per study on top of the planned total, run by a
     fresh Tuner in its own folder (``tune_dir``: extend-1, extend-2, ...). UsageError for a grid space."""
     if space.grid:
         raise UsageError("--trials", f"space {space.name!r} is a grid (one configuration per study): there is "
                                      "nothing more to search")
-    k = int(str(options.get("tune_dir") or "extend-0").rpartition("-")[2]) + 1
-    return {**options, "trials": int(options["trials"]) + more, "tune_dir": f"extend-{k}"}
+    k = int((options.tune_dir or "extend-0").rpartition("-")[2]) + 1
+    return dataclasses.replace(options, trials=options.trials + more, tune_dir=f"extend-{k}")
 
 
-def tune_folder(experiment: str, options: dict) -> str:
+def tune_folder(experiment: str, options: SweepOptions) -> str:
     """Where Tune's state of the sweep's current run lives: the experiment folder, or its longer search's."""
-    return experiment_path(experiment, options["tune_dir"]) if options.get("tune_dir") else experiment
+    return experiment_path(experiment, options.tune_dir) if options.tune_dir else experiment
 
 
 def resume(args: argparse.Namespace, write: Callable[[str], None]) -> str:
     validate_resume(args)
     experiment, options = read_options(args)
-    space = without_params(sp.load_space(options["space"]), set(parse_set(options["set"])))
+    space = without_params(sp.load_space(options.space), set(parse_set(list(options.set))))
     if args.trials is not None:
         options = extended(options, space, args.trials)
     run_options = with_overrides(options, args)
-    init_ray(bool(run_options.get("local")))
-    check_resources(run_options["cpus_per_trial"], run_options["gpus_per_trial"], local=bool(run_options.get("local")))
+    init_ray(run_options.local)
+    check_resources(run_options.cpus_per_trial, run_options.gpus_per_trial, local=run_options.local)
     if args.trials is not None:
         # persisted before any trial: a killed longer search continues with a plain resume, to the new total
         write_options(experiment, options)
-        write(f"a longer search: {options['trials']} configurations per study (Tune state in {options['tune_dir']}/)")
+        write(f"a longer search: {options.trials} configurations per study (Tune state in {options.tune_dir}/)")
         return launch(run_options, space, resume=False, write=write)
     options = run_options
     from .searcher import tune_trial_ids
@@ -158,50 +161,50 @@ class Run:
     dense_store: Any  # the DenseStoreActor's handle: it must live as long as the run
 
 
-def prepare(options: dict, space: sp.Space, write: Callable[[str], None], splits=None) -> Run:
+def prepare(options: SweepOptions, space: sp.Space, write: Callable[[str], None], splits=None) -> Run:
     """The log file, the data (once), the dense store and the trainable of a sweep's Tune run."""
     from ray import tune
 
     from .ray_tune import TrialContext, start_dense_store, sweep_trainable
 
     console.claim()  # Optuna's and Tune's imports installed their own log handlers
-    name = options["name"]
-    experiment = experiment_path(options["storage"], name)
+    name = options.name
+    experiment = experiment_path(options.storage, name)
     console.attach(experiment, write)  # the quiet console's log file (python -m sweep without -v)
     if splits is None:
-        splits = load_data(options["base"], options["archs"][0])  # once per sweep
+        splits = load_data(options.base, options.archs[0])  # once per sweep
     actor_name = f"dense-store-{name}"
     # the handle must live as long as the sweep: a non-detached actor dies with its last handle
     dense_store = start_dense_store(actor_name, experiment)  # dense/builds.json: its build counts
     ctx = TrialContext(experiment=experiment, name=name, space=space.name, dense_actor=actor_name)
     trainable = tune.with_resources(tune.with_parameters(sweep_trainable, data=splits, context=ctx),
-                                    {"cpu": options["cpus_per_trial"], "gpu": options["gpus_per_trial"]})
+                                    {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
     return Run(experiment, trainable, ctx, dense_store)
 
 
-def run_config(options: dict, run: Run, callbacks: list, *, storage_path: str, name: str):
+def run_config(options: SweepOptions, run: Run, callbacks: list, *, storage_path: str, name: str):
     """Tune's RunConfig of a sweep's run (its folder: storage_path/name)."""
     from ray import tune
 
     return tune.RunConfig(storage_path=storage_path, name=name, callbacks=callbacks, verbose=0,
-                          failure_config=tune.FailureConfig(max_failures=options["max_failures"]),
+                          failure_config=tune.FailureConfig(max_failures=options.max_failures),
                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
 
 
-def fit(tuner, options: dict, again: str = "") -> None:
+def fit(tuner, options: SweepOptions, again: str = "") -> None:
     """Run the Tuner; Interrupted after a Ctrl-C (``again``: the command that continues it, default resume)."""
     with interruptible() as interrupted, console.streams():
         tuner.fit()
     if interrupted.is_set():
-        raise Interrupted(options["name"], options["storage"], again)
+        raise Interrupted(options.name, options.storage, again)
 
 
-def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str], None], splits=None) -> str:
+def launch(options: SweepOptions, space: sp.Space, *, resume: bool, write: Callable[[str], None], splits=None) -> str:
     """Build the Tuner (or restore it), run it, print the summary; returns the experiment folder."""
     from ray import tune
 
     run = prepare(options, space, write, splits)
-    total = len(options["archs"]) * len(space.methods) * (1 if space.grid else options["trials"]) * options["seeds"]
+    total = len(options.archs) * len(space.methods) * (1 if space.grid else options.trials) * options.seeds
     folder = tune_folder(run.experiment, options)
     if resume:  # Tune restores its callbacks (tuner.pkl) and our searcher (from the Optuna storage)
         tuner = tune.Tuner.restore(folder, run.trainable, **RESUME)
@@ -209,11 +212,11 @@ def launch(options: dict, space: sp.Space, *, resume: bool, write: Callable[[str
         tuner = new_tuner(options, space, run, folder, total)
     fit(tuner, options)
     del run
-    finish(experiment_path(options["storage"], options["name"]), options, write)
-    return experiment_path(options["storage"], options["name"])
+    finish(experiment_path(options.storage, options.name), options, write)
+    return experiment_path(options.storage, options.name)
 
 
-def new_tuner(options: dict, space: sp.Space, run: Run, folder: str, total: int):
+def new_tuner(options: SweepOptions, space: sp.Space, run: Run, folder: str, total: int):
     """A fresh Tuner over the sweep's Optuna studies (a new sweep, a longer search, or a resume of a run
     killed before Tune saved its state), with its Tune state in ``folder``."""
     from ray import tune
@@ -222,44 +225,44 @@ def new_tuner(options: dict, space: sp.Space, run: Run, folder: str, total: int)
     from .ray_tune import EndWriter, MissingCheckpoints
     from .searcher import MultiStudySearcher, StudySpec
 
-    base, experiment = options["base"], run.experiment
+    base, experiment = options.base, run.experiment
     studies = [StudySpec(f"{arch}-{m}", {**base, "arch": arch, "method": m},
                          functools.partial(sp.suggest, space=space, method=m),
                          ("final_val_acc", "achieved_sparsity") if space.searches_sparsity(m)
                          else ("final_val_acc",), study_attrs(space, arch, m, base))
-               for arch in options["archs"] for m in space.methods]
-    trials = 1 if space.grid else options["trials"]
+               for arch in options.archs for m in space.methods]
+    trials = 1 if space.grid else options.trials
     searcher = MultiStudySearcher(experiment_path(experiment, JOURNAL), studies, trials=trials,
-                                  seeds=options["seeds"], sampler=options["sampler"],
-                                  max_concurrent=options["max_concurrent"], tune_dir=folder)
+                                  seeds=options.seeds, sampler=options.sampler,
+                                  max_concurrent=options.max_concurrent, tune_dir=folder)
     searcher.reconcile(set())  # a new Tune run knows no trial: seeds handed out before (if any) run again
     # a longer search: the seeds that ended before are not this Tune run's (the live table's ETA)
     callbacks = [MissingCheckpoints(), EndWriter(run.context), LiveTable(total=max(total - searcher.seeds_ended(), 0))]
     scheduler = None
-    if options["scheduler"] == "asha":
+    if options.scheduler == "asha":
         from .scheduler import ConfigurationASHA
 
         # rungs per study, a configuration's seeds decided together, on projected_val_acc (DESIGN rule 14);
         # max_t: the reports of one trial (docs/ARCHITECTURE.md), from the resolved trial config
-        scheduler = ConfigurationASHA(max_t=asha_max_t(space, options["archs"], base), grace_period=1,
-                                      seeds=options["seeds"], experiment=experiment)
+        scheduler = ConfigurationASHA(max_t=asha_max_t(space, list(options.archs), base), grace_period=1,
+                                      seeds=options.seeds, experiment=experiment)
     # the sweep's first run in the experiment folder, a longer search's in its tune_dir inside it
-    where = ({"storage_path": experiment, "name": options["tune_dir"]} if options.get("tune_dir")
-             else {"storage_path": options["storage"], "name": options["name"]})
+    where = ({"storage_path": experiment, "name": options.tune_dir} if options.tune_dir
+             else {"storage_path": options.storage, "name": options.name})
     return tune.Tuner(
         run.trainable,
         # reuse_actors: every trial asks for the same resources, and a fresh worker process per trial
         # (torch import, cold start) cost ~5 s per trial here (python -m bench.sweep: 0.65 -> 0.88 of
         # the sweep's wall time inside trials); run_trial reseeds and sets threads on each trial
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                    num_samples=len(studies) * trials * options["seeds"], reuse_actors=True,
+                                    num_samples=len(studies) * trials * options.seeds, reuse_actors=True,
                                     trial_dirname_creator=trial_dirname),
         run_config=run_config(options, run, callbacks, **where))
 
 
-def finish(experiment: str, options: dict, write: Callable[[str], None]) -> None:
+def finish(experiment: str, options: SweepOptions, write: Callable[[str], None]) -> None:
     """After a sweep or a confirmation: keep the chosen models (--keep-models chosen), print the summary."""
-    if options.get("keep_models", "all") == "chosen":
+    if options.keep_models == "chosen":
         from .keep import keep_chosen_models
 
         kept, deleted = keep_chosen_models(experiment)
@@ -267,7 +270,7 @@ def finish(experiment: str, options: dict, write: Callable[[str], None]) -> None
     write(summarize(experiment))
 
 
-def study_attrs(space: sp.Space, arch: str, method: str, base: dict[str, Any]) -> dict[str, Any]:
+def study_attrs(space: sp.Space, arch: str, method: str, base: Mapping[str, Any]) -> dict[str, Any]:
     """What a study is, as Optuna user attributes (optuna-dashboard shows them): the space and its searched
     ranges, arch, method, and the dense recipe every trial of the study starts from."""
     from vocabulary.config import dense_fields

@@ -7,17 +7,18 @@ import argparse
 import os
 from typing import Any
 
-from vocabulary.config import ARCHS, DATA_FOLDERS, DATASETS, ConfigError, TrialConfig, field_help, field_owners
+from vocabulary.config import (ARCHS, DATA_FOLDERS, DATASETS, METHODS, ConfigError, TrialConfig, field_help,
+                               field_owners)
 
 from . import spaces as sp
+from .record import DEFAULT_REFERENCE, KEEP_MODELS, SAMPLERS, SCHEDULERS, SweepOptions
 
-JOURNAL = "optuna.journal"
-OPTIONS_FILE = "sweep.json"
-SCHEDULERS = ("none", "asha")
-# which final models a sweep keeps (results/models/..., trainables.model_file): every ok trial's; only the
-# chosen configurations' seeds (at each arch, method and level: the rest are deleted when the sweep ends); none
-KEEP_MODELS = ("chosen", "all", "none")
-SAMPLERS = ("tpe", "gp", "nsga2")  # Optuna samplers by name (sweep.searcher.make_sampler builds them)
+__all__ = ["UsageError", "build_parser", "add_cluster_options", "parse_set", "validate_run", "validate_resume",
+           "check_reference", "check_trial_resources", "check_searched_params_act", "base_config", "probes",
+           "option_of", "asha_max_t", "check_data", "load_data", "without_params", "experiment_path", "exists",
+           "READ_BY_SETS", "MAX_PROBES", "EPOCH_FIELDS"]
+
+DEFAULTS = SweepOptions()  # the run options' defaults are the record's (sweep/record.py)
 
 
 class UsageError(ValueError):
@@ -39,36 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "searched by Optuna.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="start a sweep")
-    run.add_argument("--space", default="admm", help="admm | baseline | compare | seed | a .toml/.yaml file")
-    run.add_argument("--arch", default=None, help=f"comma-separated, from {', '.join(ARCHS)} [default: "
-                     "mobilenet_v2; the seed space: all three]")
-    run.add_argument("--dataset", default=None,
-                     help=f"{' | '.join(DATASETS)}; default digits, or cifar10 when --data-dir is given")
-    run.add_argument("--data-dir", default=None,
-                     help=f"a folder in the dataset's python layout ({' or '.join(DATA_FOLDERS.values())} inside "
-                          "it), read without a download; implies --dataset cifar10 unless --dataset is "
-                          f"{' or '.join(DATA_FOLDERS)}")
-    run.add_argument("--trials", type=int, default=8, help="Optuna configurations per (arch, method) study")
-    run.add_argument("--seeds", type=int, default=1, help="seeds per configuration (mean told to Optuna)")
-    helps = field_help()  # the trial options' help is their field's comment in vocabulary/config.py
-    run.add_argument("--width", type=float, default=0.5, help=f"{helps['width']} [default: 0.5]")
-    run.add_argument("--dense-epochs", type=int, default=4, help=f"{helps['dense_epochs']}: trained once per "
-                     "(arch, seed, recipe) and shared by every trial that starts from it [default: 4]")
-    run.add_argument("--sparsify-epochs", type=int, default=2, help=f"{helps['sparsify_epochs']} [default: 2]")
-    run.add_argument("--finetune-epochs", type=int, default=2, help=f"{helps['finetune_epochs']} [default: 2]")
-    run.add_argument("--sampler", default="tpe", help=f"Optuna sampler, one of: {', '.join(SAMPLERS)} [default: tpe]")
-    run.add_argument("--scheduler", default="none", help=f"trial scheduler, one of: {', '.join(SCHEDULERS)} "
-                     "(asha: single-objective spaces with fixed epoch counts only) [default: none]")
-    run.add_argument("--keep-models", default="chosen", help=f"final models kept, one of: {', '.join(KEEP_MODELS)} "
-                     "(chosen: each chosen configuration's seeds, the rest deleted when the sweep ends; all: "
-                     "every ok trial's, about 15-20%% of a dense model's bytes each at sparsity 0.9) "
-                     "[default: chosen]")
-    run.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from checkpoint")
-    run.add_argument("--max-concurrent", type=int, default=0, help="0: as many as resources allow")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="fix any TrialConfig field, e.g. --set batch_size=64")
-    add_cluster_options(run)
-    run.add_argument("--name", default=None, help="experiment name (default: <space>-<timestamp>)")
+    add_run_options(run)
     res = sub.add_parser("resume", help="continue an interrupted sweep, the way it ran (local or on the "
                                         "cluster, same resources) unless told otherwise")
     res.add_argument("name", help="the experiment's --name (a folder in --storage)")
@@ -91,6 +63,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_run_options(run: argparse.ArgumentParser) -> None:
+    """The options of ``python -m sweep run`` (the defaults of those sweep.json keeps are the record's)."""
+    run.add_argument("--space", default=DEFAULTS.space, help="admm | baseline | compare | seed | a .toml/.yaml file")
+    run.add_argument("--arch", default=None, help=f"comma-separated, from {', '.join(ARCHS)} [default: "
+                     "mobilenet_v2; the seed space: all three]")
+    run.add_argument("--dataset", default=None,
+                     help=f"{' | '.join(DATASETS)}; default digits, or cifar10 when --data-dir is given")
+    run.add_argument("--data-dir", default=None,
+                     help=f"a folder in the dataset's python layout ({' or '.join(DATA_FOLDERS.values())} inside "
+                          "it), read without a download; implies --dataset cifar10 unless --dataset is "
+                          f"{' or '.join(DATA_FOLDERS)}")
+    run.add_argument("--trials", type=int, default=DEFAULTS.trials, help="Optuna configurations per (arch, method) "
+                     "study")
+    run.add_argument("--seeds", type=int, default=DEFAULTS.seeds, help="seeds per configuration (mean told to Optuna)")
+    helps = field_help()  # the trial options' help is their field's comment in vocabulary/config.py
+    run.add_argument("--width", type=float, default=0.5, help=f"{helps['width']} [default: 0.5]")
+    run.add_argument("--dense-epochs", type=int, default=4, help=f"{helps['dense_epochs']}: trained once per "
+                     "(arch, seed, recipe) and shared by every trial that starts from it [default: 4]")
+    run.add_argument("--sparsify-epochs", type=int, default=2, help=f"{helps['sparsify_epochs']} [default: 2]")
+    run.add_argument("--finetune-epochs", type=int, default=2, help=f"{helps['finetune_epochs']} [default: 2]")
+    run.add_argument("--sampler", default=DEFAULTS.sampler,
+                     help=f"Optuna sampler, one of: {', '.join(SAMPLERS)} [default: {DEFAULTS.sampler}]")
+    run.add_argument("--scheduler", default=DEFAULTS.scheduler, help=f"trial scheduler, one of: "
+                     f"{', '.join(SCHEDULERS)} (asha: single-objective spaces with fixed epoch counts only) "
+                     f"[default: {DEFAULTS.scheduler}]")
+    run.add_argument("--keep-models", default=DEFAULTS.keep_models, help=f"final models kept, one of: "
+                     f"{', '.join(KEEP_MODELS)} (chosen: each chosen configuration's seeds, the rest deleted when "
+                     "the sweep ends; all: every ok trial's, about 15-20%% of a dense model's bytes each at "
+                     f"sparsity 0.9) [default: {DEFAULTS.keep_models}]")
+    run.add_argument("--reference", default=None, metavar="METHOD",
+                     help=f"the method the report compares every other method against, one of: "
+                          f"{', '.join(METHODS)}; given, it must be one of the space's methods (kept in sweep.json) "
+                          f"[default: {DEFAULT_REFERENCE}]")
+    run.add_argument("--max-failures", type=int, default=DEFAULTS.max_failures,
+                     help="retries of a crashed trial from checkpoint")
+    run.add_argument("--max-concurrent", type=int, default=DEFAULTS.max_concurrent,
+                     help="0: as many as resources allow")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="fix any TrialConfig field, e.g. --set batch_size=64")
+    add_cluster_options(run)
+    run.add_argument("--name", default=None, help="experiment name (default: <space>-<timestamp>)")
+
+
 def add_cluster_options(p: argparse.ArgumentParser, resume: bool = False) -> None:
     """Where trials run. On resume every default is None: what is not given is what the sweep ran with."""
     was = " [default: as the sweep ran]" if resume else ""
@@ -102,8 +117,8 @@ def add_cluster_options(p: argparse.ArgumentParser, resume: bool = False) -> Non
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="GPUs per trial, fractions allowed (0.25: four trials share a GPU)"
                    + (was if resume else " [default: 0.25 where there are GPUs, else 0]"))
-    p.add_argument("--cpus-per-trial", type=float, default=None if resume else 1.0,
-                   help="CPUs Ray reserves per trial" + (was if resume else " [default: 1]"))
+    p.add_argument("--cpus-per-trial", type=float, default=None if resume else DEFAULTS.cpus_per_trial,
+                   help="CPUs Ray reserves per trial" + (was if resume else f" [default: {DEFAULTS.cpus_per_trial:g}]"))
     p.add_argument("--storage", default="./experiments", help="a path (made absolute) or s3:// gs:// URI")
 
 
@@ -147,6 +162,7 @@ def validate_run(args: argparse.Namespace) -> tuple[sp.Space, list[str], dict[st
         raise UsageError("--scheduler", f"{args.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
     if args.keep_models not in KEEP_MODELS:
         raise UsageError("--keep-models", f"{args.keep_models!r} is not one of {', '.join(KEEP_MODELS)}")
+    check_reference(args.reference, space)
     base = base_config(args)
     base["keep_model"] = args.keep_models != "none"
     fixed_by_set = parse_set(args.set)
@@ -167,6 +183,20 @@ def validate_run(args: argparse.Namespace) -> tuple[sp.Space, list[str], dict[st
         asha_max_t(space, archs, base)  # raises UsageError when the space searches an epoch count
     check_trial_resources(args.cpus_per_trial, args.gpus_per_trial)
     return space, archs, base
+
+
+def check_reference(given: str | None, space: sp.Space) -> str:
+    """The sweep's reference method: --reference, which must be a registered method and one of the space's
+    methods (UsageError naming it), or DEFAULT_REFERENCE when not given (also for a space without it: the
+    report may merge this sweep with one that ran the reference)."""
+    if given is None:
+        return DEFAULT_REFERENCE
+    if given not in METHODS:
+        raise UsageError("--reference", f"{given!r} is not a registered method (one of: {', '.join(METHODS)})")
+    if given not in space.methods:
+        raise UsageError("--reference", f"{given!r} is not among space {space.name!r}'s methods "
+                                        f"({', '.join(space.methods)}): nothing to compare against")
+    return given
 
 
 def check_trial_resources(cpus: float | None, gpus: float | None) -> None:

@@ -26,15 +26,17 @@ def test_a_longer_search_raises_the_total_and_gets_its_own_tune_folder():
     from sweep import spaces as sp
     from sweep.driver import extended, tune_folder
     from sweep.options import UsageError
+    from sweep.record import SweepOptions
 
-    options = {"trials": 2, "space": "admm"}
+    options = SweepOptions.from_dict({"trials": 2, "space": "admm"})
     once = extended(options, sp.load_space("admm"), 3)
-    assert once["trials"] == 5 and once["tune_dir"] == "extend-1" and options == {"trials": 2, "space": "admm"}
+    assert once.trials == 5 and once.tune_dir == "extend-1" and options == SweepOptions.from_dict({"trials": 2,
+                                                                                                  "space": "admm"})
     twice = extended(once, sp.load_space("admm"), 1)
-    assert twice["trials"] == 6 and twice["tune_dir"] == "extend-2"
+    assert twice.trials == 6 and twice.tune_dir == "extend-2"
     assert tune_folder("/x/exp", options) == "/x/exp" and tune_folder("/x/exp", twice) == "/x/exp/extend-2"
     with pytest.raises(UsageError) as err:
-        extended({"trials": 1}, sp.load_space("seed"), 2)  # a grid: one configuration per study
+        extended(SweepOptions.from_dict({"trials": 1}), sp.load_space("seed"), 2)  # a grid: one configuration per study
     assert err.value.option == "--trials"
 
 
