@@ -22,6 +22,8 @@ import tempfile
 import warnings
 from typing import Callable, Iterator
 
+__all__ = ["quiet", "claim", "attach", "streams", "log_path", "LogSink", "LOG_FILE", "THIRD_PARTY"]
+
 LOG_FILE = "sweep.log"
 # loggers whose records are Ray's, Tune's, Optuna's or Python's warnings, never our console lines
 THIRD_PARTY = ("ray", "optuna", "py.warnings", "filelock", "urllib3", "botocore", "fsspec", "asyncio")

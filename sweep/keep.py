@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from results import files, schema
 
+__all__ = ["keep_chosen_models"]
+
 
 def keep_chosen_models(experiment: str) -> tuple[int, int]:
     """Delete every model file of ``experiment`` except the chosen configurations' seeds; (kept, deleted)."""

@@ -33,6 +33,8 @@ from ray import tune
 
 from .outcome import STATUSES, trial_status
 
+__all__ = ["LiveTable", "study_of"]
+
 _LOG = "sweep.progress"
 _HOME_AND_CLEAR = "\x1b[H\x1b[2J"  # cursor to the top left, clear the screen
 

@@ -29,6 +29,10 @@ from results.files import read_bytes, write_bytes
 from .outcome import trial_status
 from .searcher import META_KEYS, trial_row
 
+__all__ = ["sweep_trainable", "TrialContext", "DenseStoreActor", "start_dense_store", "RayDenseStore", "EndWriter",
+           "MissingCheckpoints", "split_config", "to_tune_metrics", "row_id", "finished_row", "failed_row",
+           "drop_missing_checkpoints", "checkpoint_epochs", "last_line", "read_error", "DENSE_DIR", "LEASE_S"]
+
 log = logging.getLogger(__name__)
 
 DENSE_DIR = "dense"

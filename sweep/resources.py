@@ -7,6 +7,9 @@ import os
 
 from .options import UsageError
 
+__all__ = ["init_ray", "check_resources", "autoscaler_node_types", "default_gpus", "check_storage_here",
+           "check_storage", "GPU_SHARE", "AUTOSCALER_CONFIG"]
+
 log = logging.getLogger(__name__)
 
 

@@ -39,6 +39,8 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
+__all__ = ["ConfigurationASHA", "milestones", "quantile", "FIDELITY", "STATE_FILE"]
+
 log = logging.getLogger(__name__)
 
 FIDELITY = "projected_val_acc"  # the one metric early stopping reads (results.schema EPOCHS column)

@@ -35,6 +35,10 @@ from results import selection
 
 from .outcome import trial_status
 
+__all__ = ["MultiStudySearcher", "StudySpec", "classify", "tell", "make_sampler", "ask_seed", "JournalMirror",
+           "trial_row", "tune_trials", "tune_trial_ids", "open_storage", "META_KEYS", "ATTR_RAY", "ATTR_RESULT",
+           "OPTUNA_STATES"]
+
 log = logging.getLogger(__name__)
 
 ATTR_RAY = "ray_trial_"  # + seed: the Ray trial id that runs this seed

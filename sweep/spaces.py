@@ -28,6 +28,10 @@ from typing import Any, Mapping
 
 from vocabulary.config import ARCHS, METHODS, ConfigError, TrialConfig, field_owners
 
+__all__ = ["Space", "Dist", "SpaceError", "BUILTIN", "SPARSITY_LEVELS", "KINDS", "load_space", "read_space_file",
+           "parse_space", "parse_params", "parse_dist", "validate_space", "check_range", "sample_values",
+           "check_value", "suggest", "describe_spaces"]
+
 KINDS = ("float", "int", "categorical", "fixed")
 
 
