@@ -290,6 +290,18 @@ NO_MODEL_BYTES = ("not recorded: these results predate the trials table's model_
                   "(results schema 4)")
 NO_EMPTY_LAYERS = "not recorded: these results predate the trials table's empty_layers (results schema 4)"
 CUT = "network cut"  # after the count of prunable layers pruned to zero
+NO_LATENCY = "not recorded: these results predate the trials table's latency columns (results schema 5)"
+
+
+def _latency(row: dict) -> Cell:
+    """2:4 semi-structured inference vs the same model dense (trials' latency_*): ``0.61 ms vs 0.83 ms dense
+    (1.36x)``; where none was measured, the reason the trials recorded (no CUDA GPU with compute capability
+    >= 8.0, not an N:M model, ...)."""
+    sparse, dense, speedup = (row.get(f"latency_{c}_mean") for c in ("sparse_ms", "dense_ms", "speedup"))
+    if _missing(speedup):
+        note = row.get("latency_note")
+        return Missing(NO_LATENCY if _missing(note) else (note or "not measured"))
+    return f"{sparse:.3g} ms vs {dense:.3g} ms dense ({speedup:.2f}x)"
 
 
 def _empty_layers(row: dict) -> Cell:
@@ -308,8 +320,8 @@ def _export(row: dict) -> Cell:
 
 def show_best(best: pd.DataFrame, settings: pd.DataFrame) -> Display:
     """The chosen configuration per (arch, method): its varying hyperparameters as ``name=value``, its model's
-    nonzero parameters and MACs, file size (``tables.with_model_facts``), prunable layers emptied, and the
-    command that exports it."""
+    nonzero parameters and MACs, file size (``tables.with_model_facts``), 2:4 inference latency (or why none
+    was measured), prunable layers emptied, and the command that exports it."""
     applicable = {m: [n for n in v if n in best.columns] for m, (v, _) in _per_method(settings).items()}
     spec = [
         ("Architecture", lambda r: r["arch"]), ("Method", lambda r: r["method"]), ("Sparsity", _level),
@@ -319,7 +331,7 @@ def show_best(best: pd.DataFrame, settings: pd.DataFrame) -> Display:
         ("Nonzero params", lambda r: scaled(r.get("nonzero_params_mean"))),
         ("Nonzero MACs", lambda r: scaled(r.get("nonzero_macs_mean"))),
         ("Model file", lambda r: file_size(r.get("model_bytes_mean"), r.get("dense_bytes_mean"), NO_MODEL_BYTES)),
-        ("Empty layers", _empty_layers), ("Export", _export)]
+        ("2:4 latency", _latency), ("Empty layers", _empty_layers), ("Export", _export)]
     return render(best, spec, text_columns=("Hyperparameters", "Export"))
 
 

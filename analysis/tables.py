@@ -645,25 +645,30 @@ def diverged_trials(trials: pd.DataFrame) -> pd.DataFrame:
 
 # --- the chosen models' files and health (the report's chosen configurations; the summary may call these) ----
 
-MODEL_FACTS = ("nonzero_params", "nonzero_macs", "model_bytes", "dense_bytes")  # averaged over a config's seeds
+MODEL_FACTS = ("nonzero_params", "nonzero_macs", "model_bytes", "dense_bytes",  # averaged over a config's seeds
+               "latency_dense_ms", "latency_sparse_ms", "latency_speedup")
 
 
 def with_model_facts(chosen: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     """``chosen`` (rows with ``trial_ids``: best_configs, best_hyperparameters) plus, over each row's trials:
     the mean of MODEL_FACTS as ``<name>_mean`` (NaN where the results lack the column: written before schema
-    4), ``empty_layers_max`` (the most prunable layers one of its seeds pruned to zero: above 0 a sparsity set
-    cut the network) and ``experiment`` (its first trial's experiment folder: where the model is exported
-    from)."""
-    facts = trials.reindex(columns=["trial_id", *MODEL_FACTS, "empty_layers"]).assign(experiment=_experiment(trials))
+    4; the latency_* ones before schema 5), ``empty_layers_max`` (the most prunable layers one of its seeds
+    pruned to zero: above 0 a sparsity set cut the network), ``latency_note`` (why a seed's 2:4 latency was not
+    measured, "" when all were; None before schema 5) and ``experiment`` (its first trial's experiment folder:
+    where the model is exported from)."""
+    facts = trials.reindex(columns=["trial_id", *MODEL_FACTS, "empty_layers", "latency_note"])
+    facts = facts.assign(experiment=_experiment(trials))
     facts = facts.drop_duplicates("trial_id").set_index("trial_id")
     rows = []
     for ids in chosen.reindex(columns=["trial_ids"])["trial_ids"]:
         mine = facts.reindex([i for i in str(ids or "").split(",") if i])
         row = {f"{c}_mean": pd.to_numeric(mine[c], errors="coerce").mean() for c in MODEL_FACTS}
         row["empty_layers_max"] = pd.to_numeric(mine["empty_layers"], errors="coerce").max()
+        notes = [n for n in mine["latency_note"].dropna() if n]
+        row["latency_note"] = notes[0] if notes else ("" if mine["latency_note"].notna().any() else None)
         row["experiment"] = mine["experiment"].dropna().iloc[0] if mine["experiment"].notna().any() else ""
         rows.append(row)
-    columns = [*(f"{c}_mean" for c in MODEL_FACTS), "empty_layers_max", "experiment"]
+    columns = [*(f"{c}_mean" for c in MODEL_FACTS), "empty_layers_max", "latency_note", "experiment"]
     return pd.concat([chosen, pd.DataFrame(rows, index=chosen.index, columns=columns)], axis=1)
 
 

@@ -36,7 +36,9 @@ from vocabulary.config import all_fields, hyperparameter_fields
 # 3: dense_distance, pre_prune_distance (how far the weights are from the sparse set before pruning)
 # 4: epochs.projected_val_acc (the early-stopping fidelity), trials.empty_layers (prunable layers pruned to zero),
 #    trials.model_bytes and dense_bytes (the final model's file), trials.stage (tuning | confirmation)
-SCHEMA_VERSION = 4
+# 5: trials.latency_* (2:4 semi-structured inference latency of the final model vs its dense twin, where a CUDA
+#    GPU with compute capability >= 8.0 ran an N:M trial; elsewhere NaN and the reason in latency_note)
+SCHEMA_VERSION = 5
 VERSION_KEY = b"prunesweep.schema_version"
 RESULTS_DIR = "results"
 PARTITION_COLUMNS = ("arch", "method")
@@ -107,6 +109,15 @@ TRIALS = pa.schema(
         # model saved densely; model_bytes is measured even when the sweep keeps no file (--keep-models)
         ("model_bytes", pa.int64()),
         ("dense_bytes", pa.int64()),
+        # inference latency of the final model at latency_batch_size images (eval, bf16, channels-last, CUDA
+        # events, median): as trained (dense kernels) and with its 2:4 layers as semi-structured sparse tensors
+        # (trainables.semistructured.latency_columns). NaN where not measured; latency_note says why
+        ("latency_batch_size", pa.int64()),
+        ("latency_dense_ms", pa.float64()),
+        ("latency_sparse_ms", pa.float64()),
+        ("latency_speedup", pa.float64()),  # latency_dense_ms / latency_sparse_ms
+        ("latency_sparse_mac_share", pa.float64()),  # share of the dense MACs in layers run as 2:4 sparse
+        ("latency_note", pa.string()),  # "" when measured, else why not
         ("total_params", pa.int64()),  # every parameter of the model
         ("nonzero_params", pa.int64()),
         ("prunable_params", pa.int64()),
@@ -244,8 +255,9 @@ def file_version(metadata: Mapping[bytes, bytes] | None) -> int | None:
 
 # Older versions that differ from the current one only by columns added since: a file of one of them is read
 # with those columns null (no value is reinterpreted). Version 2 lacks dense_distance and pre_prune_distance,
-# version 3 lacks projected_val_acc and empty_layers; files written before trials.stage lack it (null: tuning).
-READABLE_VERSIONS = (2, 3, SCHEMA_VERSION)
+# version 3 lacks projected_val_acc and empty_layers; files written before trials.stage lack it (null: tuning);
+# version 4 lacks the latency_* columns.
+READABLE_VERSIONS = (2, 3, 4, SCHEMA_VERSION)
 
 
 def check_version(path: str, metadata: Mapping[bytes, bytes] | None) -> None:

@@ -72,6 +72,31 @@ def test_results_without_model_bytes_say_so_instead_of_a_number():
     assert cell.startswith("—") and any("model_bytes" in f for f in footnotes)
 
 
+def _with_latency(frames, **by_method) -> dict[str, pd.DataFrame]:
+    """``by_method``: method -> (dense_ms, sparse_ms, note) for all its trials."""
+    trials = frames["trials"].copy()
+    for method, (dense, sparse, note) in by_method.items():
+        rows = trials["method"] == method
+        trials.loc[rows, "latency_dense_ms"], trials.loc[rows, "latency_sparse_ms"] = dense, sparse
+        trials.loc[rows, "latency_speedup"], trials.loc[rows, "latency_note"] = dense / sparse, note
+    return dict(frames, trials=trials)
+
+
+def test_chosen_configurations_show_2to4_latency_or_why_there_is_none():
+    nan = float("nan")
+    cpu = "no CUDA device: semi-structured sparse kernels run on NVIDIA GPUs only"
+    report = _report(_with_latency(_trials(), admm=(0.8, 0.5, ""), magnitude=(nan, nan, cpu)))
+    display = _chosen_display(report)
+    assert display.loc["admm", "2:4 latency"] == "0.5 ms vs 0.8 ms dense (1.60x)"
+    cell = display.loc["magnitude", "2:4 latency"]
+    footnotes = report.displays["best_hyperparameters"].footnotes
+    assert cell.startswith("—") and cpu in footnotes  # empty, and the report says why
+    # results from before the latency columns: empty, and the footnote names the schema
+    old = _report(_trials())
+    assert _chosen_display(old).loc["admm", "2:4 latency"].startswith("—")
+    assert any("latency columns" in f for f in old.displays["best_hyperparameters"].footnotes)
+
+
 def test_each_chosen_configuration_prints_its_export_command():
     from analysis.export import export_hint
 

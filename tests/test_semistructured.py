@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from trainables.semistructured import (PointwiseLinear, is_2to4, latency_columns, latency_rows, linearize, min_shape,
-                                  plan_layers, prune_2to4_, sparsify_, support_reason, unsupported_reason)
+                                      plan_layers, prune_2to4_, sparsify_, support_reason, trial_latency,
+                                      unsupported_reason)
 from trainables.models import build_model
 from trainables.sparsity import NMSet
 
@@ -157,3 +158,16 @@ def test_pointwise_linear_output_is_channels_last():
     assert torch.allclose(out, conv(x), atol=1e-6)
     strided = nn.Conv2d(8, 12, 1, stride=2)
     assert not plan_layers(nn.Sequential(strided), (4, 4))[0].eligible  # a strided 1x1 is not a linear map
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the reasons given where CUDA is absent")
+def test_trial_latency_says_why_each_trial_has_no_figures():
+    model = _pruned("mobilenet_v3_small", 0.5)
+    nan_figures = lambda cols: all(cols[k] != cols[k] for k in ("latency_dense_ms", "latency_sparse_ms",
+                                                                "latency_speedup"))
+    nm = trial_latency(model, "mobilenet_v3_small", "nm", "ok", "cpu")
+    assert nm["latency_note"].startswith("no CUDA device") and nan_figures(nm)
+    uniform = trial_latency(model, "mobilenet_v3_small", "uniform", "ok", "cuda")
+    assert "sparsity_set uniform" in uniform["latency_note"] and nan_figures(uniform)
+    failed = trial_latency(model, "mobilenet_v3_small", "nm", "diverged", "cpu")
+    assert "did not end ok" in failed["latency_note"] and nan_figures(failed)

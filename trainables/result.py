@@ -16,6 +16,7 @@ import torch
 
 from results import files, schema
 from trainables import model_file
+from trainables.semistructured import trial_latency
 from trainables.sparsity import layer_report, summarize
 
 __all__ = ["TrialResult", "provenance", "trial_result"]
@@ -92,6 +93,8 @@ def trial_result(trial) -> TrialResult:
         model = model_file.encode(trial.model, prunable=trial.pnames, config=cfg.to_dict(),
                                   trial_id=trial.trial_id, mean=trial.data.mean, std=trial.data.std)
         summary.update(model_bytes=len(model), dense_bytes=model_file.dense_nbytes(trial.model))
+    # 2:4 inference latency where a capable GPU ran an N:M trial; elsewhere NaN and why (latency_note)
+    summary.update(trial_latency(trial.model, cfg.model.arch, cfg.prune.sparsity_set, trial.status, trial.device))
     weights_rows = [dict(r, seed=cfg.run.seed) for r in trial.weights]
     epochs = [dict(r) for r in trial.epochs]
     return TrialResult(summary, epochs, layers, weights_rows, model if cfg.run.keep_model else None)

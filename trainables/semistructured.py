@@ -303,7 +303,7 @@ def latency_rows(model: nn.Module, arch: str, batch_sizes: Iterable[int] = BATCH
 
 def latency_columns(model: nn.Module, arch: str, device: torch.device | str, *, why_not: str = "",
                     batch_size: int = TRIAL_LATENCY_BATCH) -> dict:
-    """A trial's latency columns (proposed for the trials table): dense vs 2:4 sparse inference of ``model``
+    """A trial's latency columns (the trials table's latency_*): dense vs 2:4 sparse inference of ``model``
     at ``batch_size``, or NaN figures and the reason in ``latency_note`` (``why_not`` from the caller, e.g.
     "not a 2:4 trial", or the capability check's). Never raises for capability or conversion problems."""
     nan = float("nan")
@@ -315,6 +315,17 @@ def latency_columns(model: nn.Module, arch: str, device: torch.device | str, *, 
     cols.update(latency_dense_ms=row.dense_ms, latency_sparse_ms=row.sparse_ms, latency_speedup=row.speedup,
                 latency_sparse_mac_share=row.sparse_mac_share, latency_note=row.reason)
     return cols
+
+
+def trial_latency(model: nn.Module, arch: str, sparsity_set: str, status: str,
+                  device: torch.device | str) -> dict:
+    """The trials table's latency_* columns of a trial's final ``model``: measured (latency_columns) only for an
+    ok N:M trial; otherwise NaN figures and why not. On a machine without a capable GPU the reason is the
+    capability check's ("no CUDA device ...", "compute capability 7.5 < 8.0 ...")."""
+    why_not = ("the trial did not end ok: no final model to time" if status != "ok" else
+               f"sparsity_set {sparsity_set}: 2:4 kernels run N:M-pruned models only" if sparsity_set != "nm"
+               else "")
+    return latency_columns(model, arch, device, why_not=why_not)
 
 
 def prune_2to4_(model: nn.Module) -> nn.Module:
