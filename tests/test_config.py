@@ -22,7 +22,7 @@ def test_every_field_is_a_unique_flat_key():
     "key, value, needle",
     [
         ("arch", "resnet50", "mobilenet_v2"),
-        ("method", "random", "admm"),
+        ("method", "no-such-method", "admm"),  # never a method name (test_contracts: names are words)
         ("dataset", "imagenet", "cifar10"),
         ("sparsity", 1.0, "[0.0, 1.0)"),
         ("sparsity", -0.1, "[0.0, 1.0)"),

@@ -7,15 +7,20 @@ A new set or method is tested by these the moment it is registered; config's nam
 from __future__ import annotations
 
 import copy
+import dataclasses
+import re
 
 import pytest
 import torch
 from torch import nn
 
 from vocabulary import config as C
-from trainables.methods import MAGNITUDE_SCHEDULES, METHODS, MaskedFinetune, make_method
+from vocabulary import registry
+from trainables.methods import MAGNITUDE_SCHEDULES, METHODS
 from trainables.models import build_model
-from trainables.sparsity import SETS, make_sparsity_set, prunable_parameters
+from trainables.sparsity import SETS, make_sparsity_set, prunable_parameters, sparsity_set
+
+import method_contract as MC
 
 torch.set_num_threads(1)
 
@@ -26,6 +31,39 @@ def test_registries_match_config_names():
     assert tuple(SETS) == C.SPARSITY_SETS
     assert tuple(METHODS) == C.METHODS
     assert tuple(MAGNITUDE_SCHEDULES) == C.MAGNITUDE_SCHEDULES
+
+
+NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_a_registered_method_is_a_name_and_its_module_registers_a_method(method):
+    """Names are folder partitions (method=<name>) and CLI values: lowercase words, so a name such as
+    "no-such-method" (test_config's invalid example) can never be registered. Its module's METHOD is a Method
+    record (the maker and the pre-training check), and its fields are PruneConfig fields."""
+    from trainables.methods import Method
+
+    assert NAME.fullmatch(method), method
+    assert isinstance(METHODS[method], Method)
+    spec = registry.METHODS[method]
+    assert spec.help and set(spec.fields) <= {f.name for f in dataclasses.fields(C.PruneConfig)}
+    assert method in C.field_help()["method"] and spec.help in C.field_help()["method"]
+
+
+@pytest.mark.parametrize("kind", list(SETS))
+def test_a_registered_set_is_a_name_that_reads_its_own_fields(kind):
+    assert NAME.fullmatch(kind), kind
+    spec = registry.SETS[kind]
+    assert set(spec.fields) <= {f.name for f in dataclasses.fields(C.PruneConfig)}
+    assert spec.help in C.field_help()["sparsity_set"]
+    # the set is built from its own fields: the others cannot change it
+    base = C.PruneConfig(sparsity_set=kind, sparsity=0.5)
+    tensors = _random_tensors(SHAPES, seed=2)
+    masks = sparsity_set(base).masks(tensors)
+    for f in ("sparsity", "nm_n", "nm_m"):
+        if f not in spec.fields:
+            changed = dataclasses.replace(base, **{f: {"sparsity": 0.9, "nm_n": 1, "nm_m": 8}[f]})
+            assert all(torch.equal(a, b) for a, b in zip(masks, sparsity_set(changed).masks(tensors))), f
 
 
 def test_sweep_levels_are_the_tested_levels():
@@ -87,132 +125,55 @@ def test_every_set_at_every_level_keeps_what_it_reports_on_every_arch(arch, widt
 
 
 # ----------------------------------------------------------------------------------------- methods
+# The method contract lives in method_contract.py (tests/test_new_method.py runs it on a method registered
+# inside a test); here it runs on every registered method.
 
-def _problem(seed=0):
-    """A regression whose true weights are sparse on a support unlike the init's largest entries."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(256, 16, generator=g)
-    w_true = torch.randn(6, 16, generator=g) * (torch.rand(6, 16, generator=g) < 0.4)
-    return x, x @ w_true.T
-
-
-def _variants():
-    """(name, prune config) for every method and every magnitude schedule in the registries."""
-    out = []
-    for method in METHODS:
-        schedules = MAGNITUDE_SCHEDULES if method == "magnitude" else ("per_step",)
-        for schedule in schedules:
-            out.append((f"{method}:{schedule}" if method == "magnitude" else method,
-                        dict(method=method, schedule=schedule, rho=0.5, rho_max=1.0, admm_interval=10,
-                             admm_interval_unit="step", gradual_interval=5)))
-    return out
-
-
-def _method(prune: dict, kind: str, level: float = 0.5):
-    p = C.TrialConfig.from_dict({**prune, "sparsity_set": kind, "sparsity": level}).prune
-    return make_method(p, make_sparsity_set(kind, level), lambda s: make_sparsity_set(kind, s))
-
-
-def _steps(method, model, params, opt, x, y, start, stop):
-    for s in range(start, stop + 1):
-        opt.zero_grad()
-        nn.functional.mse_loss(model(x), y).backward()
-        method.before_step(params)
-        opt.step()
-        method.after_step(params, s)
-
-
-def _phase(name, prune, kind, steps=60, make_opt=lambda p: torch.optim.Adam(p, lr=0.02), seed=0):
-    torch.manual_seed(seed)
-    x, y = _problem(seed)
-    model = nn.Linear(16, 6, bias=False)
-    params = [model.weight]
-    method = _method(prune, kind)
-    opt = make_opt(params)
-    method.on_phase_start(params, steps, steps // 3)
-    _steps(method, model, params, opt, x, y, 1, steps)
-    method.on_epoch_end(params, 1)
-    return model, params, method
+VARIANTS = MC.variants()
 
 
 @pytest.mark.parametrize("kind", [k for k in SETS if k != "nm"] + ["nm"])
-@pytest.mark.parametrize("name, prune", _variants())
+@pytest.mark.parametrize("name, prune", VARIANTS)
 @pytest.mark.parametrize("opt_name, make_opt", [
     ("adam", lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1)),
     ("sgd_wd", lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-3)),
 ])
 def test_pruned_weights_stay_zero_through_masked_finetuning(kind, name, prune, opt_name, make_opt):
-    if kind == "nm" and name == "magnitude:gradual":
+    if MC.refused(name, kind):
         pytest.skip("gradual + nm is refused by the config (an n:m pattern has one fixed sparsity)")
-    model, params, method = _phase(name, prune, kind)
-    sset = make_sparsity_set(kind, 0.5)
-    with torch.no_grad():  # the hard projection, as the trial does it
-        projected = sset.project([p.detach() for p in params])
-        torch._foreach_copy_(params, projected)
-    masks = [(p != 0).float() for p in projected]
-    finetune = MaskedFinetune(masks)
-    x, y = _problem(0)
-    opt = make_opt(params)
-    before = model.weight.detach().clone()
-    finetune.on_phase_start(params, 100)
-    _steps(finetune, model, params, opt, x, y, 1, 100)
-    pruned = masks[0] == 0
-    assert int(pruned.sum()) >= model.weight.numel() - sset.kept_count([model.weight])
-    assert bool((model.weight[pruned] == 0).all()), f"{name}/{kind}/{opt_name}: pruned weights revived"
-    assert not torch.equal(before[~pruned], model.weight.detach()[~pruned])  # the kept ones did train
+    MC.check_zeros_stay_zero_through_masked_finetuning(name, prune, kind, opt_name, make_opt)
 
 
 @pytest.mark.parametrize("kind", list(SETS))
-@pytest.mark.parametrize("name, prune", _variants())
+@pytest.mark.parametrize("name, prune", VARIANTS)
 def test_state_dict_round_trip_resumes_exactly(kind, name, prune):
-    if kind == "nm" and name == "magnitude:gradual":
+    if MC.refused(name, kind):
         pytest.skip("gradual + nm is refused by the config")
-    torch.manual_seed(0)
-    x, y = _problem(0)
-    model = nn.Linear(16, 6, bias=False)
-    params = [model.weight]
-    method = _method(prune, kind)
-    opt = torch.optim.Adam(params, lr=0.02)
-    method.on_phase_start(params, 60, 20)
-    _steps(method, model, params, opt, x, y, 1, 25)
-    saved = copy.deepcopy((model.state_dict(), opt.state_dict(), method.state_dict()))
-    _steps(method, model, params, opt, x, y, 26, 60)
-    straight = model.weight.detach().clone()
-
-    model2 = nn.Linear(16, 6, bias=False)
-    model2.load_state_dict(saved[0])
-    params2 = [model2.weight]
-    opt2 = torch.optim.Adam(params2, lr=0.02)
-    opt2.load_state_dict(saved[1])
-    method2 = _method(prune, kind)
-    method2.load_state_dict(copy.deepcopy(saved[2]))
-    _steps(method2, model2, params2, opt2, x, y, 26, 60)
-    assert torch.equal(model2.weight.detach(), straight), f"{name}/{kind}: resume is not exact"
+    MC.check_resume_is_exact(name, prune, kind)
 
 
 @pytest.mark.parametrize("kind", list(SETS))
 def test_per_step_and_one_shot_behave_differently(kind):
     """Defect 3: per_step masked the gradients, so pruned weights never moved and it equalled one_shot."""
-    per_step = dict(_variants())["magnitude:per_step"]
-    one_shot = dict(_variants())["magnitude:one_shot"]
-    m1, _, meth1 = _phase("per_step", per_step, kind, steps=200)
-    m2, _, meth2 = _phase("one_shot", one_shot, kind, steps=200)
+    per_step = dict(VARIANTS)["magnitude:per_step"]
+    one_shot = dict(VARIANTS)["magnitude:one_shot"]
+    m1, _, _, _ = MC.phase(per_step, kind, n_steps=200)
+    m2, _, _, _ = MC.phase(one_shot, kind, n_steps=200)
     assert not torch.equal(m1.weight, m2.weight)
     mask1, mask2 = m1.weight != 0, m2.weight != 0
     assert not torch.equal(mask1, mask2), "per-step ended on the one-shot mask"
 
 
 def test_per_step_counts_mask_changes_and_lets_pruned_weights_return():
-    prune = dict(_variants())["magnitude:per_step"]
+    prune = dict(VARIANTS)["magnitude:per_step"]
     torch.manual_seed(0)
-    x, y = _problem(0)
+    x, y = MC.problem(0)
     model = nn.Linear(16, 6, bias=False)
     params = [model.weight]
-    method = _method(prune, "uniform")
+    method = MC.build(prune, "uniform")
     opt = torch.optim.Adam(params, lr=0.02)
     method.on_phase_start(params, 200, 200)
     first = model.weight != 0
-    _steps(method, model, params, opt, x, y, 1, 200)
+    MC.steps(method, model, params, opt, x, y, 1, 200)
     returned = (model.weight != 0) & ~first
     assert int(returned.sum()) > 0, "no weight pruned at the start ever came back"
     assert method.on_epoch_end(params, 1)["mask_changes"] >= 2 * int(returned.sum())
@@ -220,18 +181,39 @@ def test_per_step_counts_mask_changes_and_lets_pruned_weights_return():
 
 
 @pytest.mark.parametrize("kind", list(SETS))
-def test_admm_differs_from_both_magnitude_variants(kind):
-    variants = dict(_variants())
-    admm, _, _ = _phase("admm", variants["admm"], kind)
-    for name in ("magnitude:per_step", "magnitude:one_shot"):
-        other, _, _ = _phase(name, variants[name], kind)
-        assert not torch.equal(admm.weight, other.weight)
+@pytest.mark.parametrize("name, prune", VARIANTS)
+def test_every_method_differs_from_the_others(kind, name, prune):
+    """Ran for ADMM only (against per-step and one-shot magnitude); now every variant of every registered
+    method against every variant of every other one."""
+    if MC.refused(name, kind):
+        pytest.skip("gradual + nm is refused by the config")
+    MC.check_differs_from_the_other_methods(name, prune, kind, VARIANTS)
+
+
+@pytest.mark.parametrize("kind", list(SETS))
+@pytest.mark.parametrize("name, prune", VARIANTS)
+def test_a_method_reports_only_the_metrics_it_declares(kind, name, prune):
+    if MC.refused(name, kind):
+        pytest.skip("gradual + nm is refused by the config")
+    MC.check_reports_only_declared_metrics(name, prune, kind)
+
+
+def test_the_epochs_table_has_every_declared_metric_in_registry_order():
+    from results import schema
+
+    names = schema.EPOCHS.names
+    columns = schema.method_metric_columns()
+    assert [(n, schema.EPOCHS.field(n).type) for n, _ in columns] == columns
+    at = names.index(columns[0][0])
+    assert names[at:at + len(columns)] == [n for n, _ in columns]  # one block, between density and seconds
+    assert names[at - 1] == "density" and names[at + len(columns)] == "seconds"
 
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_a_methods_config_fields_reach_the_trials_table_and_the_grouping(method):
-    """Adding a method means its module (and METHODS) plus its fields in vocabulary/config.py (METHOD_FIELDS):
-    nothing else may need a hand edit for its hyperparameters to be recorded and to split configurations."""
+    """Adding a method means its module, its registry entry (vocabulary/registry.py, naming its fields) and the
+    fields themselves in PruneConfig: nothing else may need a hand edit for its hyperparameters to be recorded
+    and to split configurations."""
     import pandas as pd
 
     from analysis.tables import CONFIG_COLUMNS, config_key
@@ -247,13 +229,10 @@ def test_a_methods_config_fields_reach_the_trials_table_and_the_grouping(method)
             assert all(row[n] is None for n in names)  # the other methods' fields are null, not defaults
     base = {**row, "arch": "mobilenet_v2", "method": method}
     for name in C.METHOD_FIELDS[method]:
-        changed = dict(base, **{name: OTHER_VALUES.get(name, "x")})
+        other = MC.other_value(name)
+        changed = dict(base, **{name: "x" if other is None else other})
         keys = config_key(pd.DataFrame([base, changed]))
         assert keys.iloc[0] != keys.iloc[1], f"{name} does not split configurations"
-
-
-OTHER_VALUES = {"rho": 0.5, "rho_growth": 1.2, "rho_max": 5.0, "admm_interval": 0.5, "admm_interval_unit": "step",
-                "schedule": "one_shot", "gradual_interval": 3}
 
 
 def _tied_tensors():
