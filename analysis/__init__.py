@@ -15,6 +15,7 @@ _EXPORTS = {
     "paired_comparison": "tables", "accounting": "tables", "diverged_trials": "tables",
     "best_configs": "tables", "config_summary": "tables", "config_key": "tables", "comparison_level": "tables",
     "control_accuracies": "tables", "fixed_hyperparameters": "tables", "config_settings": "tables",
+    "DEFAULT_REFERENCE": "tables", "reference_method": "tables", "method_order": "tables",
     "summary_table": "summary", "search_info": "summary", "Search": "summary",
     "curves_data": "plots", "plot_curves": "plots", "weights_data": "plots", "plot_weights": "plots",
     "sparsity_data": "plots", "plot_sparsity": "plots", "admm_data": "plots", "plot_admm": "plots",

@@ -1,4 +1,4 @@
-"""``python -m analysis report EXPERIMENT [EXPERIMENT ...] [--out DIR] [--sparsity S] [--strict]``
+"""``python -m analysis report EXPERIMENT [EXPERIMENT ...] [--out DIR] [--sparsity S] [--reference METHOD] [--strict]``
 ``python -m analysis export EXPERIMENT --arch A --method M --sparsity S [--seed K] --out FILE [--format pt|onnx]``
 
 An EXPERIMENT is a local experiment folder or an object-store URI (``s3://bucket/path``, with pyarrow's
@@ -23,7 +23,7 @@ from .load import (ExperimentError, check_experiment, display_name, load_tables,
 from .report import (build_report, figure_bytes, latex_notes, render_html, render_latex, render_markdown,
                      table_caption)
 from .summary import search_info
-from .tables import with_sweep_options
+from .tables import DEFAULT_REFERENCE, method_order, methods_of, reference_method, with_sweep_options
 
 log = logging.getLogger("analysis")
 
@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="sparsity level of the comparison table, a fraction in [0, 1) (default 0.5); a trial's "
                           "level is its nominal sparsity when its sparsity set reaches it, else its exact target "
                           "(N:M 2:4 on MobileNetV2: about 0.47)")
+    rep.add_argument("--reference", metavar="METHOD",
+                     help="the method every other method is compared with, each pair on its own (default: the "
+                          f"experiments' sweep.json \"reference\", else {DEFAULT_REFERENCE}); it must have rows")
     rep.add_argument("--strict", action="store_true", help="fail on the first unreadable results file")
     rep.add_argument("--no-importance", action="store_true", help="skip Optuna hyperparameter importance")
     exp = sub.add_parser("export", help="the chosen configuration's pruned model as a standalone file "
@@ -75,6 +78,22 @@ def _validate(args) -> tuple[list[str], str]:
     return exps, out
 
 
+def _reference(chosen: str | None, options: list[dict], trials) -> str:
+    """The reference method: ``--reference`` (refused unless it has rows), else the one the experiments'
+    sweep.json name (tables.reference_method; merged experiments naming different ones are refused)."""
+    present = ", ".join(methods_of(trials))
+    if chosen is not None:
+        if chosen not in methods_of(trials):
+            raise ExperimentError(f"--reference: {chosen!r} has no rows in these experiments; methods present: "
+                                  f"{present}")
+        return chosen
+    named = method_order(reference_method(o) for o in options)
+    if len(named) > 1:
+        raise ExperimentError(f"--reference: the experiments' sweep.json name different reference methods "
+                              f"({', '.join(named)}); choose one with --reference (methods present: {present})")
+    return named[0]
+
+
 def write_report(report, out: str) -> list[str]:
     """Write every table (raw CSV at full precision, LaTeX as shown), figure (PNG, SVG), report.md and
     report.html under ``out``; return the paths written."""
@@ -106,14 +125,15 @@ def report_command(args) -> int:
     exps, out = _validate(args)
     tables = load_tables(exps, strict=args.strict)
     require_finished(tables)
+    options = [read_sweep_options(e) for e in exps]
+    reference = _reference(args.reference, options, tables.trials)
     for path, reason in tables.skipped:
         print(f"warning: skipped {path}: {reason}", file=sys.stderr)
     importances = None if args.no_importance else importance_data(exps)
-    options = [read_sweep_options(e) for e in exps]
     search = search_info(options)
     # the sweep's --seeds: a configuration is judged on all of them (results.selection, DESIGN rule 15)
     tables.trials = with_sweep_options(tables.trials, {display_name(e): o for e, o in zip(exps, options)})
-    report = build_report(tables, args.sparsity, importances, search)
+    report = build_report(tables, args.sparsity, importances, search, reference)
     write_report(report, out)
     print(f"report: {os.path.join(out, 'report.html')} ({len(tables.trials)} trials, "
           f"{len(tables.skipped)} files skipped)")

@@ -15,13 +15,23 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from vocabulary import config as vocabulary_config
+
 from . import tables
 
-METHOD_COLORS = {"admm": "tab:blue", "magnitude": "tab:orange", "dense": "black"}
+# A method's colour is its place in the registry (vocabulary.config.METHODS, as tables.method_order), so it is
+# the same in every figure and a method registered later never recolours the others; the dense control is
+# black, a method the registry does not hold (older results) gray.
+METHOD_PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+                  "tab:olive", "tab:cyan")
+DENSE_COLOR, UNKNOWN_COLOR = "black", "tab:gray"
 
 
 def _color(method: str) -> str:
-    return METHOD_COLORS.get(method, "tab:gray")
+    if method == "dense":
+        return DENSE_COLOR
+    registry = tuple(vocabulary_config.METHODS)
+    return METHOD_PALETTE[registry.index(method) % len(METHOD_PALETTE)] if method in registry else UNKNOWN_COLOR
 
 
 def _subplots(rows: int, cols: int, figsize: tuple[float, float]):
@@ -298,8 +308,9 @@ def admm_data(trials: pd.DataFrame, epochs: pd.DataFrame, sparsity: float | None
     the trial's ``dense_distance`` (the dense model's squared distance to the sparse set: the residual before
     any update; NaN where the trials table has none)."""
     ids = best_trial_ids(trials, sparsity)
-    tids = [t for (arch, method), ts in ids.items() if method == "admm" for t in ts]
-    rows = epochs[epochs["trial_id"].isin(tids) & (epochs["method"] == "admm") & (epochs["phase"] == "sparsify")]
+    tids = [t for (arch, method), ts in ids.items() if method == tables.ADMM for t in ts]
+    rows = epochs[epochs["trial_id"].isin(tids) & (epochs["method"] == tables.ADMM)
+                  & (epochs["phase"] == "sparsify")]
     rows = rows[["arch", "trial_id", "seed", "epoch", "primal_residual", "dual_residual", "rho"]]
     start = trials.reindex(columns=["arch", "trial_id", "dense_distance"]).drop_duplicates(["arch", "trial_id"])
     rows = rows.merge(start, on=["arch", "trial_id"], how="left")

@@ -18,8 +18,9 @@ import pandas as pd
 
 from .export import export_hint
 from .significance import ALPHA, EXACT
-from .summary import CAUTION_SEPARATOR, FIRST, SECOND
-from .tables import CONTROL_MISSING, GROUP, STATUSES, varying_hyperparameters
+from .summary import CAUTION_SEPARATOR
+from .tables import (CONTROL_MISSING, DEFAULT_REFERENCE, GROUP, REFERENCE_KEY, STATUSES,
+                     varying_hyperparameters)
 
 DASH = "—"
 MINUS = "−"  # U+2212: a minus sign, not a hyphen, in front of numbers
@@ -231,21 +232,45 @@ SIGN_FLIP_P = "p (exact sign-flip)"  # the p-value a verdict rests on (analysis.
 T_INTERVAL = "95% t-interval (pp)"
 
 
+def reference_of(table: pd.DataFrame) -> str:
+    """The reference method a summary or paired table compares with (its ``reference`` column; every row
+    has the same one), DEFAULT_REFERENCE for a table without one."""
+    named = table.reindex(columns=[REFERENCE_KEY])[REFERENCE_KEY].dropna().astype(str)
+    named = named[named != ""]
+    return named.iloc[0] if len(named) else DEFAULT_REFERENCE
+
+
+ONLY_REFERENCE = "only the reference method ran at this level: nothing to compare it with"
+
+
+def _compared(row: dict) -> Cell:
+    return row.get("method") or Missing(ONLY_REFERENCE)
+
+
+def _accuracy_of(method: str | None, reason: str) -> Callable[[dict], Cell]:
+    """A cell: ``method``'s final test accuracy in the row (mean ± std); None: the row's compared method."""
+    def cell(row: dict) -> Cell:
+        name = row.get("method") if method is None else method
+        if not name:
+            return Missing(ONLY_REFERENCE)
+        return mean_std(row.get(f"final_test_acc_{name}_mean"), row.get(f"final_test_acc_{name}_std"), reason)
+    return cell
+
+
 def show_summary(summary: pd.DataFrame) -> Display:
-    """The answer per (arch, level): both methods' test accuracy, the dense control, the paired difference
-    and interval, seeds and verdict (the cautions are in :func:`answers`, shown beside the table)."""
-    first, second = FIRST, SECOND
+    """The answer per (arch, level) and pair: the compared method's and the reference's test accuracy, the
+    dense control, the paired difference and interval, seeds and verdict (the cautions are in
+    :func:`answers`, shown beside the table)."""
+    reference = reference_of(summary)
     no_pair = "this method did not finish at this level, or no seed ran both methods"
     no_diff = "only one method finished at this level: no difference"
     spec = [
-        ("Architecture", lambda r: r["arch"]), ("Sparsity", _level),
-        (f"{first} (test %)", lambda r: mean_std(r[f"final_test_acc_{first}_mean"],
-                                                 r[f"final_test_acc_{first}_std"], no_pair)),
-        (f"{second} (test %)", lambda r: mean_std(r[f"final_test_acc_{second}_mean"],
-                                                  r[f"final_test_acc_{second}_std"], no_pair)),
+        ("Architecture", lambda r: r["arch"]), ("Sparsity", _level), ("Method", _compared),
+        ("Method (test %)", _accuracy_of(None, no_pair)),
+        (f"{reference} (reference, test %)", _accuracy_of(reference, no_pair)),
         ("Dense control (test %)", lambda r: mean_std(r["control_test_acc_mean"], r["control_test_acc_std"],
                                                       CONTROL_MISSING)),
-        (f"{first} {MINUS} {second} (pp)", lambda r: points(r["mean_diff"], no_diff)),
+        (f"Method {MINUS} {reference} (pp)", lambda r: points(r["mean_diff"], no_diff)),
         (T_INTERVAL, lambda r: interval(r["ci95_lo"], r["ci95_hi"], "fewer than 2 paired seeds: no interval")),
         (SIGN_FLIP_P, lambda r: p_value(r["p_value"], "fewer than 2 paired seeds: no test")),
         ("Paired seeds", lambda r: count(r["n_pairs"])), ("Verdict", _verdict_text)]
@@ -363,13 +388,15 @@ def show_pareto(front: pd.DataFrame, labels: dict[str, str]) -> Display:
 
 
 def show_paired(paired: pd.DataFrame) -> Display:
-    first, second = FIRST, SECOND
+    """Each method against the reference (tables.paired_comparison): achieved sparsities, the paired
+    difference, its interval and p-value, and the seeds."""
+    reference = reference_of(paired)
     no_ci = "fewer than 2 paired seeds: no interval"
     spec = [
-        ("Architecture", lambda r: r["arch"]), ("Sparsity", _level),
-        (f"Achieved, {first}", lambda r: sparsity(r[f"achieved_sparsity_{first}"])),
-        (f"Achieved, {second}", lambda r: sparsity(r[f"achieved_sparsity_{second}"])),
-        (f"{first} {MINUS} {second} (pp)", lambda r: points(r["mean_diff"])),
+        ("Architecture", lambda r: r["arch"]), ("Sparsity", _level), ("Method", _compared),
+        ("Achieved, method", lambda r: sparsity(r.get(f"achieved_sparsity_{r['method']}"))),
+        (f"Achieved, {reference}", lambda r: sparsity(r.get(f"achieved_sparsity_{reference}"))),
+        (f"Method {MINUS} {reference} (pp)", lambda r: points(r["mean_diff"])),
         (T_INTERVAL, lambda r: interval(r["ci95_lo"], r["ci95_hi"], no_ci)),
         (SIGN_FLIP_P, lambda r: p_value(r["p_value"], r["note"] or no_ci)),
         ("Seeds", lambda r: (f"{int(r['n_pairs'])} ({r['seeds']})" if r["n_pairs"] else "0")
@@ -426,7 +453,7 @@ def _pct(x) -> str:
 
 
 def _accuracies(row: dict) -> str:
-    first, second = FIRST, SECOND
+    first, second = row["method"], row[REFERENCE_KEY]
     text = (f"test accuracy {first} {_pct(row[f'final_test_acc_{first}_mean'])} vs {second} "
             f"{_pct(row[f'final_test_acc_{second}_mean'])}")
     control = row["control_test_acc_mean"]
@@ -436,8 +463,11 @@ def _accuracies(row: dict) -> str:
     return text + f"; dense control {_pct(control)}" + (", above both" if control > best else "")
 
 
-def _answer(row: dict) -> Answer:
+def _answer(row: dict, named: bool = False) -> Answer:
+    """One row's answer; ``named``: say which pair it is (the table compares more than one method)."""
     where = f"{row['arch']} at {_pct(row['sparsity_level'])} sparsity"
+    if named and row.get("method"):
+        where += f", {row['method']} vs {row[REFERENCE_KEY]}"
     if isinstance(row.get("judged_on"), str) and row["judged_on"]:  # which seeds: confirmation or tuning
         where += f", judged on {row['judged_on']}"
     verdict, leader = row["verdict"], row.get("leader") or ""
@@ -514,5 +544,8 @@ def answer_text(answer: Answer) -> str:
 
 
 def answers(summary: pd.DataFrame) -> list[Answer]:
-    """The summary table as sentences, one per (arch, level), in the table's order."""
-    return [_answer(row) for row in summary.to_dict("records")]
+    """The summary table as sentences, one per (arch, level) and pair, in the table's order; each names its
+    pair ("admm vs magnitude") where the table compares more than one method with the reference."""
+    compared = summary.reindex(columns=["method"])["method"].dropna().astype(str)
+    named = compared[compared != ""].nunique() > 1
+    return [_answer(row, named) for row in summary.to_dict("records")]

@@ -21,9 +21,10 @@ from results.selection import RULE
 from . import plots, present, significance, summary
 from .importance import MIN_IMPORTANCE_TRIALS, Importances
 from .load import Tables, display_name
-from .tables import (LEVEL_TOL, accounting, best_configs, best_hyperparameters, comparison_table, config_settings,
-                     configs_not_chosen, cut_networks, diverged_trials, fixed_hyperparameters, ok_trials,
-                     paired_comparison, pareto_front, with_model_facts)
+from .tables import (ADMM, DEFAULT_REFERENCE, LEVEL_TOL, accounting, best_configs, best_hyperparameters,
+                     comparison_table, config_settings, configs_not_chosen, cut_networks, diverged_trials,
+                     fixed_hyperparameters, methods_of, ok_trials, paired_comparison, pareto_front,
+                     with_model_facts)
 
 LEVEL_TEXT = ("Sparsity is the level trials are compared at: the nominal sparsity when the sparsity set reaches "
               f"it (within {100 * LEVEL_TOL:.1f} points), else the exact target over all prunable weights (N:M "
@@ -43,17 +44,21 @@ TEST_TEXT = (f"The size of a difference is its mean with a {significance.INTERVA
              "zero-width interval (equal differences) is no evidence.")
 ACCURACY_TEXT = ("Accuracy in percent, mean ± sample standard deviation over seeds, rounded to one decimal; "
                  "pp = percentage points.")
+REFERENCE_TEXT = ("Every other method is compared with the reference method, {r} (the sweep's --reference, or "
+                  "python -m analysis report --reference), each pair on its own: method minus reference.")
 
 
 @dataclass
 class Inputs:
     """What every section is built from: the loaded tables, the comparison level (a fraction), the search
-    (sizes the small-study caution), the importances (None: not computed) and the hyperparameter settings."""
+    (sizes the small-study caution), the importances (None: not computed), the reference method every other
+    is compared with, and the hyperparameter settings."""
 
     tables: Tables
     sparsity: float
     search: summary.Search
     importances: Importances | None
+    reference: str = DEFAULT_REFERENCE
 
     def __post_init__(self):
         self.trials = self.tables.trials
@@ -107,13 +112,22 @@ def _chosen(inputs: Inputs) -> pd.DataFrame:
     return with_model_facts(best_hyperparameters(inputs.trials, inputs.sparsity), inputs.trials)
 
 
+def _admm_data(inputs: Inputs) -> tuple | None:
+    """The ADMM convergence figure's data; None (no section) when no ADMM trial is in the results."""
+    if ADMM not in methods_of(inputs.trials):
+        return None
+    return (plots.admm_data(inputs.trials, inputs.tables.epochs, inputs.sparsity),)
+
+
 SECTIONS: tuple[Union[TableSection, FigureSection], ...] = (
     TableSection(
         "summary", "Summary: which method wins",
         "Per architecture and sparsity: final TEST accuracy of each method's configuration chosen on "
         "VALIDATION, over the seeds both chosen configurations completed (pairs lost are said); the "
-        "difference is paired by seed. " + TEST_TEXT + " " + CHOICE_TEXT + " " + ACCURACY_TEXT,
-        lambda i: summary.summary_table(i.trials, i.search), lambda frame, i: present.show_summary(frame)),
+        "difference is paired by seed. " + REFERENCE_TEXT + " " + TEST_TEXT + " " + CHOICE_TEXT + " "
+        + ACCURACY_TEXT,
+        lambda i: summary.summary_table(i.trials, i.search, i.reference),
+        lambda frame, i: present.show_summary(frame)),
     TableSection(
         "comparison", "Accuracy through the pruning stages",
         "At sparsity {s}: each method's configuration chosen on VALIDATION (best mean final val accuracy over "
@@ -151,12 +165,12 @@ SECTIONS: tuple[Union[TableSection, FigureSection], ...] = (
         lambda i: (plots.curves_data(i.trials, i.tables.epochs, i.sparsity),), plots.plot_curves,
         plots.curves_alt),
     FigureSection(
-        "admm", "ADMM convergence",
+        ADMM, "ADMM convergence",
         "ADMM per sparsify epoch (chosen configuration, one colour per seed): the primal residual Σ‖W−Z‖² "
         "(solid) should fall as W approaches the sparse set, far below the dense model's distance to the set "
         "(dotted, where it starts); the dual residual ρ²Σ‖Z−Z_prev‖² (dashed) as the mask settles; rho is the "
         "penalty weight (flat unless rho_growth > 1). Log axes where values span orders of magnitude.",
-        lambda i: (plots.admm_data(i.trials, i.tables.epochs, i.sparsity),), plots.plot_admm, plots.admm_alt),
+        _admm_data, plots.plot_admm, plots.admm_alt),
     FigureSection(
         "weights", "Weight distributions",
         "Distribution of all prunable weights of each chosen model: dense, end of the sparsify phase before "
@@ -193,8 +207,8 @@ SECTIONS: tuple[Union[TableSection, FigureSection], ...] = (
         "paired", "Paired differences",
         "Final TEST accuracy difference at each sparsity, paired by seed over the seeds both chosen "
         "configurations completed (seeds only one completed are listed as lost), each method's configuration "
-        "at that level chosen on validation. " + TEST_TEXT + " " + LEVEL_TEXT,
-        lambda i: paired_comparison(i.trials, summary.FIRST, summary.SECOND),
+        "at that level chosen on validation. " + REFERENCE_TEXT + " " + TEST_TEXT + " " + LEVEL_TEXT,
+        lambda i: paired_comparison(i.trials, i.reference),
         lambda frame, i: present.show_paired(frame)),
     TableSection(
         "accounting", "Sweep accounting",
@@ -235,6 +249,7 @@ class Report:
     fixed: str = ""
     n_trials: int = 0
     cautions: list[str] = field(default_factory=list)
+    reference: str = DEFAULT_REFERENCE
 
 
 def _figures(inputs: Inputs) -> tuple[dict, dict, dict]:
@@ -263,25 +278,36 @@ def _cut_caution(trials: pd.DataFrame) -> list[str]:
     return [present.empty_layers_note(cut, chosen)]
 
 
+def _reference_note(trials: pd.DataFrame, reference: str) -> list[str]:
+    """Words when the reference method has no rows: nothing is compared with it."""
+    present = methods_of(trials)
+    if reference in present:
+        return []
+    return [f"the reference method {reference} has no rows: no method is compared with it (choose one with "
+            f"--reference; methods present: {', '.join(present)})"]
+
+
 def build_report(tables: Tables, sparsity: float = 0.5, importances: Importances | None = None,
-                 search: summary.Search | None = None) -> Report:
+                 search: summary.Search | None = None, reference: str = DEFAULT_REFERENCE) -> Report:
     """Build every table, figure and sentence of the report from loaded tables. Pure apart from creating
     Figures. ``importances`` (from :func:`importance_data`; None: not computed) gives the importance figure,
     or the words saying why there is none; ``search`` (from :func:`analysis.summary.search_info`; None: the
-    sweep's default sampler assumed) sizes the caution about small studies."""
-    inputs = Inputs(tables, sparsity, search or summary.Search(), importances)
+    sweep's default sampler assumed) sizes the caution about small studies; ``reference``: the method every
+    other is compared with (sweep.json's, :func:`analysis.tables.reference_method`)."""
+    inputs = Inputs(tables, sparsity, search or summary.Search(), importances, reference)
     table_sections = [s for s in SECTIONS if isinstance(s, TableSection)]
     raw = {s.name: s.build(inputs) for s in table_sections}
     displays = {s.name: s.show(raw[s.name], inputs) for s in table_sections}
     figures, alts, texts = _figures(inputs)
-    notes = [f"skipped {path}: {reason}" for path, reason in tables.skipped]
+    notes = [f"skipped {path}: {reason}" for path, reason in tables.skipped] + _reference_note(inputs.trials,
+                                                                                              reference)
     if raw["comparison"].empty:
         notes.append(f"no finished trial at sparsity {100 * sparsity:.1f}%: the comparison table is empty "
                      "(choose another level with --sparsity)")
     fixed = present.fixed_text(raw["fixed_hyperparameters"], inputs.ok_settings)
     return Report(raw, figures, sparsity, [display_name(e) for e in tables.experiments], notes, texts, alts,
                   displays, present.answers(raw["summary"]), fixed, len(inputs.trials),
-                  _cut_caution(inputs.trials))
+                  _cut_caution(inputs.trials), reference)
 
 
 def figure_bytes(fig, fmt: str) -> bytes:
@@ -305,8 +331,10 @@ def latex_notes(name: str, report: Report) -> list[str]:
 
 
 def caption(name: str, report: Report) -> str:
-    """A section's caption, with the report's comparison level and the importance threshold filled in."""
-    return _SECTION[name].caption.format(s=f"{100 * report.sparsity:.1f}%", n=MIN_IMPORTANCE_TRIALS)
+    """A section's caption, with the report's comparison level, the importance threshold and the reference
+    method filled in."""
+    return _SECTION[name].caption.format(s=f"{100 * report.sparsity:.1f}%", n=MIN_IMPORTANCE_TRIALS,
+                                         r=report.reference)
 
 
 table_caption = caption  # the name analysis.__main__ imports

@@ -6,8 +6,9 @@ Configurations are chosen by the shared rule (``results.selection``, DESIGN rule
 a verdict comes from the exact sign-flip test (``analysis.significance``, DESIGN rule 16), never from a
 t-interval that may have zero width: "wins" needs p <= ALPHA, which needs at least 6 pairs.
 
-The two methods compared are the first two of the registry (``vocabulary.config.METHODS``), first minus
-second, as in :func:`analysis.tables.paired_comparison`.
+Every method is compared with ONE reference method (sweep.json's "reference", default
+``tables.DEFAULT_REFERENCE``), each in a row of its own: method minus reference, as in
+:func:`analysis.tables.paired_comparison`; a third method adds rows and never changes another pair's.
 """
 
 from __future__ import annotations
@@ -18,14 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from vocabulary.config import METHODS
-
 from results import selection
 
 from . import significance as SIG
 from . import tables as T
 
-FIRST, SECOND = METHODS[0], METHODS[1]
 # Configurations Optuna's samplers draw at random before they model the space (their defaults, Optuna 4):
 # TPESampler(n_startup_trials=10), GPSampler(n_startup_trials=10), NSGAIISampler(population_size=50: the first
 # generation is random). A study with fewer configurations than this was a random search.
@@ -75,7 +73,7 @@ def _verdict(row: dict) -> tuple[str, str]:
         return "", "no pairs"
     if diff == 0:
         return "", "tie"
-    leader = FIRST if diff > 0 else SECOND
+    leader = row["method"] if diff > 0 else row[T.REFERENCE_KEY]
     if row["n_pairs"] < 2:
         return leader, "one seed"
     if row["n_pairs"] < SIG.seeds_needed():
@@ -142,7 +140,7 @@ def _admm_caution(trials: pd.DataFrame, row: dict, ids: set[str]) -> str:
     if "pre_prune_distance" not in trials.columns or "dense_distance" not in trials.columns:
         return ""
     mine = T.ok_trials(trials)
-    mine = mine[mine["method"] == "admm"]
+    mine = mine[mine["method"] == T.ADMM]
     mine = mine[mine["trial_id"].isin(ids) & (mine["arch"] == row["arch"]) & (mine["dense_distance"] > 0)]
     share = (mine["pre_prune_distance"] / mine["dense_distance"]).dropna()
     if share.empty:
@@ -170,40 +168,56 @@ def _control(trials: pd.DataFrame, row: dict, ids: set[str]) -> tuple[float, flo
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
 
 
-SUMMARY_COLUMNS = [
-    "arch", "sparsity_level", "stage", "judged_on", f"achieved_sparsity_{FIRST}", f"achieved_sparsity_{SECOND}",
-    *(f"final_test_acc_{m}_{k}" for m in (FIRST, SECOND) for k in ("mean", "std")),
-    "control_test_acc_mean", "control_test_acc_std", "mean_diff", "ci95_lo", "ci95_hi", "p_value", "test",
-    "t_p_value", "seeds_needed", "n_pairs", "seeds", "pairs_lost", "leader", "verdict", f"configurations_{FIRST}", f"configurations_{SECOND}", "methods", "caution"]
+def summary_columns(methods) -> list[str]:
+    """The summary table's columns when ``methods`` have rows (each row fills those of its two methods)."""
+    methods = T.method_order(methods)
+    return ["arch", "sparsity_level", "stage", "judged_on", "method", T.REFERENCE_KEY,
+            *(f"achieved_sparsity_{m}" for m in methods),
+            *(f"final_test_acc_{m}_{k}" for m in methods for k in ("mean", "std")),
+            "control_test_acc_mean", "control_test_acc_std", "mean_diff", "ci95_lo", "ci95_hi", "p_value", "test",
+            "t_p_value", "seeds_needed", "n_pairs", "seeds", "pairs_lost", "leader", "verdict",
+            *(f"configurations_{m}" for m in methods), "methods", "caution"]
 
 
-def _unpaired_rows(trials: pd.DataFrame, paired: pd.DataFrame) -> list[dict]:
-    """A row for each (arch, level) where ok trials exist but not a complete configuration of both methods:
-    the method(s) with one (verdict "one method"; "none complete" when neither has), with their test accuracy
-    and the dense control's, and no difference (nothing to compare)."""
+def _unpaired_row(trials: pd.DataFrame, group: pd.DataFrame, method: str, scope: tuple[str, ...],
+                  reference: str) -> dict:
+    """The row of a pair (``scope``: the method and the reference, or the reference alone where no other
+    method ran) at ``group``'s (arch, level) that has no paired row: the method(s) of the pair with a chosen
+    configuration (verdict "one method"; "none complete" when neither has), with their test accuracy and
+    the dense control's, and no difference (nothing to compare)."""
+    arch, level = group["arch"].iloc[0], group["sparsity_level"].iloc[0]
+    table = T.comparison_table(trials[trials["arch"] == arch], level)
+    table = table[(table["row"] == "control") | table["method"].isin(scope)]
+    chosen = T.method_order(table.loc[table["row"] == "pruned", "method"])
+    row = {"arch": arch, "sparsity_level": level, "method": method, T.REFERENCE_KEY: reference, "n_pairs": 0,
+           "seeds": "", "leader": "", "verdict": "one method" if chosen else "none complete",
+           "methods": ",".join(chosen or T.method_order(group.loc[group["method"].isin(scope), "method"])),
+           "caution": "" if chosen else "no configuration completed every seed at this level (see "
+                                        "Configurations not chosen)"}
+    for r in table.to_dict("records"):
+        key = "control" if r["row"] == "control" else f"final_test_acc_{r['method']}"
+        if key == "control" and (table["row"] == "control").sum() != 1:
+            continue  # several dense recipes: no single control to show
+        prefix = "control_test_acc" if key == "control" else key
+        row.update({f"{prefix}_mean": r["final_test_acc_mean"], f"{prefix}_std": r["final_test_acc_std"]})
+        if key != "control":
+            row[f"achieved_sparsity_{r['method']}"] = r["achieved_sparsity_mean"]
+    return row
+
+
+def _unpaired_rows(trials: pd.DataFrame, paired: list[dict], reference: str) -> list[dict]:
+    """A row for each pair (method, reference) at each (arch, level) where the method has ok trials but the
+    pair has no paired row (``paired``), and one for an (arch, level) where only the reference ran
+    (:func:`_unpaired_row`)."""
     ok = T.annotate(trials)
     ok = ok[ok["status"] == "ok"]
-    have = set(zip(paired["arch"], paired["sparsity_level"]))
+    have = {(r["arch"], r["sparsity_level"], r["method"]) for r in paired}
     rows = []
     for (arch, level), group in ok.groupby(["arch", "sparsity_level"], sort=True):
-        if (arch, level) in have:
-            continue
-        table = T.comparison_table(trials[trials["arch"] == arch], level)
-        chosen = sorted(table.loc[table["row"] == "pruned", "method"].unique())
-        row = {"arch": arch, "sparsity_level": level, "n_pairs": 0, "seeds": "", "leader": "",
-               "verdict": "one method" if chosen else "none complete",
-               "methods": ",".join(chosen or sorted(group["method"].unique())),
-               "caution": "" if chosen else "no configuration completed every seed at this level (see "
-                                            "Configurations not chosen)"}
-        for r in table.to_dict("records"):
-            key = "control" if r["row"] == "control" else f"final_test_acc_{r['method']}"
-            if key == "control" and (table["row"] == "control").sum() != 1:
-                continue  # several dense recipes: no single control to show
-            prefix = "control_test_acc" if key == "control" else key
-            row.update({f"{prefix}_mean": r["final_test_acc_mean"], f"{prefix}_std": r["final_test_acc_std"]})
-            if key != "control":
-                row[f"achieved_sparsity_{r['method']}"] = r["achieved_sparsity_mean"]
-        rows.append(row)
+        others = T.compared_methods(group["method"].unique(), reference)
+        scopes = [(m, (m, reference)) for m in others if (arch, level, m) not in have] if others \
+            else [("", (reference,))]
+        rows += [_unpaired_row(trials, group, method, scope, reference) for method, scope in scopes]
     return rows
 
 
@@ -211,12 +225,19 @@ def _ids(text: str) -> set[str]:
     return {i for i in str(text or "").split(",") if i}
 
 
+def _pair(row: dict) -> tuple[str, str]:
+    """The two methods a paired row compares: (method, reference)."""
+    return row["method"], row[T.REFERENCE_KEY]
+
+
 def _confirmation_caution(trials: pd.DataFrame, row: dict) -> str:
-    """Words when a chosen configuration's confirmation did not complete every confirmation seed
-    (``CONFIRM_SEEDS``, from sweep.json; results.selection.config_state judges it as the tuning does)."""
+    """Words when a chosen configuration of the row's pair did not complete every confirmation seed in its
+    confirmation (``CONFIRM_SEEDS``, from sweep.json; results.selection.config_state judges it as the tuning
+    does)."""
     rows = T.annotate(trials[trials["arch"] == row["arch"]])
     rows = rows[T.trial_stage(rows) == T.CONFIRMATION]
     best = T.best_configs(trials[trials["arch"] == row["arch"]], row["sparsity_level"])
+    best = best[best["method"].isin(_pair(row))] if len(best) else best
     words = []
     for b in best.to_dict("records"):
         mine = rows[(rows["method"] == b["method"]) & (rows["config"] == b["config"])]
@@ -234,10 +255,11 @@ def _confirmation_caution(trials: pd.DataFrame, row: dict) -> str:
 def _unconfirmed_caution(trials: pd.DataFrame, row: dict, confirmed: set) -> str:
     """Words for a tuning row without a confirmation row although confirmation trials ran at its level: they
     are not of both configurations chosen now (a longer search changed the choice, or one method's
-    confirmation never finished ok)."""
-    if (row["arch"], row["sparsity_level"]) in confirmed:
+    confirmation never finished ok). ``confirmed``: the (arch, level, method) of the confirmation rows."""
+    if (row["arch"], row["sparsity_level"], row["method"]) in confirmed:
         return ""
-    rows = T.annotate(T.stage_trials(trials[trials["arch"] == row["arch"]], T.CONFIRMATION))
+    mine = trials[(trials["arch"] == row["arch"]) & trials["method"].isin(_pair(row))]
+    rows = T.annotate(T.stage_trials(mine, T.CONFIRMATION))
     if not ((rows["sparsity_level"] - row["sparsity_level"]).abs() <= T.SPARSITY_TOL).any():
         return ""
     return ("confirmation trials ran at this level, but not ok on both configurations chosen now: run "
@@ -251,50 +273,63 @@ def _judged_on(stage: str, seeds: str, confirmed: bool) -> str:
     return "the tuning seeds it was chosen on (optimistic)" if confirmed else ""
 
 
-def _stage_rows(trials: pd.DataFrame, stage: str, search: Search, confirmed: set) -> list[dict]:
-    """The summary rows of one stage (:func:`summary_table`); ``confirmed``: the (arch, level) pairs that
-    have a confirmation row."""
-    paired = T.paired_comparison(trials, FIRST, SECOND, stage=stage)
-    tuning_accounts = T.accounting(T.stage_trials(trials))
-    accounts = T.accounting(T.stage_trials(trials, stage))
+def _cautions(trials: pd.DataFrame, row: dict, stage: str, search: Search, confirmed: set,
+              accounts: tuple[pd.DataFrame, pd.DataFrame]) -> str:
+    """The row's caution: its cautions (each "" when it does not apply) in one line. ``accounts``:
+    tables.accounting of the tuning rows and of the stage's rows (the pair's methods are taken from them)."""
+    pair, ids = _pair(row), _ids(row["trial_ids"])
+    tuning, judged = (a[(a["arch"] == row["arch"]) & a["method"].isin(pair)] for a in accounts)
+    configs = dict(zip(tuning["method"], tuning["configurations"].astype(int)))
+    cautions = [_seed_caution(row["n_pairs"]), _pairs_caution(row), _search_caution(configs, search),
+                _not_ok_caution(judged), _admm_caution(trials, row, ids),
+                _confirmation_caution(trials, row) if stage == T.CONFIRMATION
+                else _unconfirmed_caution(trials, row, confirmed)]
+    return CAUTION_SEPARATOR.join(c for c in cautions if c)
+
+
+def _stage_rows(trials: pd.DataFrame, stage: str, search: Search, confirmed: set, reference: str) -> list[dict]:
+    """The summary rows of one stage (:func:`summary_table`), one per pair (method, ``reference``) at each
+    (arch, level); ``confirmed``: the (arch, level, method) that have a confirmation row."""
+    accounts = (T.accounting(T.stage_trials(trials)), T.accounting(T.stage_trials(trials, stage)))
     rows = []
-    for row in paired.to_dict("records"):
-        configs = tuning_accounts[tuning_accounts["arch"] == row["arch"]]
-        configs = dict(zip(configs["method"], configs["configurations"].astype(int)))
+    for row in T.paired_comparison(trials, reference, stage=stage).to_dict("records"):
+        mine = accounts[0][accounts[0]["arch"] == row["arch"]]
+        mine = dict(zip(mine["method"], mine["configurations"].astype(int)))
         leader, verdict = _verdict(row)
-        ids = _ids(row["trial_ids"])
-        mean, std = _control(trials, row, ids)
-        cautions = [_seed_caution(row["n_pairs"]), _pairs_caution(row), _search_caution(configs, search),
-                    _not_ok_caution(accounts[accounts["arch"] == row["arch"]]), _admm_caution(trials, row, ids),
-                    _confirmation_caution(trials, row) if stage == T.CONFIRMATION
-                    else _unconfirmed_caution(trials, row, confirmed)]
+        mean, std = _control(trials, row, _ids(row["trial_ids"]))
         rows.append({**row, "control_test_acc_mean": mean, "control_test_acc_std": std, "leader": leader,
-                     "verdict": verdict, **{f"configurations_{m}": configs.get(m, 0) for m in (FIRST, SECOND)},
-                     "methods": f"{FIRST},{SECOND}", "caution": CAUTION_SEPARATOR.join(c for c in cautions if c),
+                     "verdict": verdict, **{f"configurations_{m}": mine.get(m, 0) for m in _pair(row)},
+                     "methods": ",".join(_pair(row)),
+                     "caution": _cautions(trials, row, stage, search, confirmed, accounts),
                      "judged_on": _judged_on(stage, row["seeds"],
-                                             (row["arch"], row["sparsity_level"]) in confirmed)})
+                                             (row["arch"], row["sparsity_level"], row["method"]) in confirmed)})
     return rows
 
 
-def summary_table(trials: pd.DataFrame, search: Search = Search()) -> pd.DataFrame:
-    """One row per (arch, comparison level) and stage: both methods' final test accuracy over the paired
-    seeds, the dense control's, the paired difference (first minus second, fractions) with its 95% interval
-    and p-value, the leader and verdict (:func:`_verdict`), configurations per study, and a one-line caution
-    where the evidence is thin (few seeds, a study smaller than the sampler's random start, trials that did
-    not finish, a confirmation not finished) or the ADMM of the row did not converge (:func:`_admm_caution`).
-    Rows where only one method finished say so. Empty frame without ok trials.
+def summary_table(trials: pd.DataFrame, search: Search = Search(),
+                  reference: str = T.DEFAULT_REFERENCE) -> pd.DataFrame:
+    """One row per (arch, comparison level), pair and stage: every method other than ``reference`` is
+    compared with it, each pair on its own (``method``, ``reference``; in registry order). A row holds both
+    methods' final test accuracy over the paired seeds, the dense control's, the paired difference (method
+    minus reference, fractions) with its 95% interval and p-value, the leader and verdict (:func:`_verdict`),
+    configurations per study, and a one-line caution where the evidence is thin (few seeds, a study smaller
+    than the sampler's random start, trials that did not finish, a confirmation not finished) or the ADMM of
+    the row did not converge (:func:`_admm_caution`). Rows where only one method of a pair finished say so.
+    Empty frame without ok trials.
 
-    Stages: the configurations are always chosen on the tuning rows. Where both chosen configurations ran
-    on confirmation seeds (python -m sweep confirm), the ``confirmation`` row (judged on those seeds only:
-    no optimism from choosing the best of many on the same seeds) comes first and is the answer; the
+    Stages: the configurations are always chosen on the tuning rows. Where both chosen configurations of a
+    pair ran on confirmation seeds (python -m sweep confirm), the ``confirmation`` row (judged on those seeds
+    only: no optimism from choosing the best of many on the same seeds) comes first and is the answer; the
     ``tuning`` row (judged on the seeds it was chosen on) stays beside it. ``judged_on`` says which seeds."""
-    confirmation = _stage_rows(trials, T.CONFIRMATION, search, set()) \
+    confirmation = _stage_rows(trials, T.CONFIRMATION, search, set(), reference) \
         if (T.trial_stage(trials) == T.CONFIRMATION).any() else []
-    confirmed = {(r["arch"], r["sparsity_level"]) for r in confirmation}
-    tuning = _stage_rows(trials, T.TUNING, search, confirmed)
-    rows = confirmation + tuning + _unpaired_rows(trials, pd.DataFrame(tuning, columns=["arch", "sparsity_level"]))
-    table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    confirmed = {(r["arch"], r["sparsity_level"], r["method"]) for r in confirmation}
+    tuning = _stage_rows(trials, T.TUNING, search, confirmed, reference)
+    methods = T.method_order([*T.methods_of(trials), reference])
+    table = pd.DataFrame(confirmation + tuning + _unpaired_rows(trials, tuning, reference),
+                         columns=summary_columns(methods))
     table["stage"] = T.trial_stage(table)  # the rows where one method finished are the tuning stage's
-    order = table["stage"].map({T.CONFIRMATION: 0}).fillna(1)
-    return (table.assign(_o=order).sort_values(["arch", "sparsity_level", "_o"], kind="stable")
-            .drop(columns="_o").reset_index(drop=True))
+    order = {"_m": table["method"].map({m: i for i, m in enumerate(methods)}).fillna(-1),
+             "_o": table["stage"].map({T.CONFIRMATION: 0}).fillna(1)}
+    return (table.assign(**order).sort_values(["arch", "sparsity_level", "_m", "_o"], kind="stable")
+            .drop(columns=list(order)).reset_index(drop=True))

@@ -31,6 +31,7 @@ import pandas as pd
 from scipy import stats
 
 from results import schema, selection
+from vocabulary import config as vocabulary_config
 from vocabulary.config import dense_fields
 
 from . import significance as SIG
@@ -62,6 +63,37 @@ LEVEL_TOL = 0.005  # a set within this of its nominal sparsity is compared at th
 SPARSITY_TOL = 1e-6  # levels are typed fractions; compare with a tolerance, not ==
 CONTROL_MISSING = ("dense control missing (dense_control off, or results without it): no same-budget dense "
                    "reference; the dense start is not one")
+# Every other method is compared with ONE reference method, each in a pair of its own (paired_comparison):
+# sweep.json's "reference" (python -m sweep run --reference), else this default (experiments that predate the
+# key). The only method name analysis knows apart from ADMM's own figure and caution.
+DEFAULT_REFERENCE = "magnitude"
+REFERENCE_KEY = "reference"
+ADMM = "admm"  # the method the ADMM convergence figure (plots.admm_data) and caution (summary) are about
+
+
+def method_order(methods) -> list[str]:
+    """``methods`` (names, duplicates dropped) in registry order (vocabulary.config.METHODS), then any name the
+    registry does not hold (a method of older results) by name: the one order of rows and colours."""
+    registry = tuple(vocabulary_config.METHODS)
+    return sorted({str(m) for m in methods},
+                  key=lambda m: (registry.index(m) if m in registry else len(registry), m))
+
+
+def compared_methods(methods, reference: str) -> list[str]:
+    """The methods of ``methods`` compared with ``reference``: every other one, in :func:`method_order`."""
+    return [m for m in method_order(methods) if m != reference]
+
+
+def methods_of(trials: pd.DataFrame) -> list[str]:
+    """The methods that have rows in ``trials``, in :func:`method_order`."""
+    return method_order(trials.reindex(columns=["method"])["method"].dropna().astype(str).unique())
+
+
+def reference_method(options: dict) -> str:
+    """The method a sweep's ``sweep.json`` options name as the reference (REFERENCE_KEY), else
+    DEFAULT_REFERENCE."""
+    named = options.get(REFERENCE_KEY)
+    return named if isinstance(named, str) and named else DEFAULT_REFERENCE
 
 
 def _canon(value) -> str:
@@ -548,7 +580,7 @@ def _picked_seeds(ok: pd.DataFrame, best: pd.DataFrame, method: str) -> pd.DataF
 
 
 def _pairs_lost(picked: dict[str, pd.DataFrame]) -> str:
-    """``2 (admm only), 5 (magnitude only)``: the seeds only one chosen configuration completed."""
+    """``2 (admm only), 5 (magnitude only)``: the seeds only one of a pair's chosen configurations completed."""
     (a, sa), (b, sb) = picked.items()
     _, lost = selection.paired_seeds(sa.index, sb.index)
     return ", ".join(f"{s} ({a if s in sa.index else b} only)" for s in lost)
@@ -557,9 +589,34 @@ def _pairs_lost(picked: dict[str, pd.DataFrame]) -> str:
 PAIRED_STATS = ["mean_diff", "ci95_lo", "ci95_hi", "p_value", "test", "t_p_value", "seeds_needed", "note"]
 
 
-def paired_comparison(trials: pd.DataFrame, first: str = "admm", second: str = "magnitude",
-                      stage: str = TUNING) -> pd.DataFrame:
-    """``first`` minus ``second`` final TEST accuracy at each comparison level per arch, paired by seed.
+def paired_columns(methods) -> list[str]:
+    """The columns of :func:`paired_comparison` when ``methods`` (every method it may name) have rows: each
+    method's achieved sparsity and final test accuracy (a row fills those of its two methods)."""
+    methods = method_order(methods)
+    return ["arch", "sparsity_level", *(f"achieved_sparsity_{m}" for m in methods), "comparison", "split",
+            "n_pairs", "seeds", "pairs_lost", *(f"final_test_acc_{m}_{k}" for m in methods for k in ("mean", "std")),
+            *PAIRED_STATS, "stage", "method", REFERENCE_KEY, "trial_ids"]
+
+
+def _paired_row(arch: str, level: float, picked: dict[str, pd.DataFrame], stage: str) -> dict:
+    """One pair's row: ``picked`` maps (method, reference), in that order, to their per-seed frames."""
+    (method, mine), (reference, theirs) = picked.items()
+    pairs = pd.concat({method: mine["final_test_acc"], reference: theirs["final_test_acc"]}, axis=1,
+                      join="inner").dropna()
+    diff = (pairs[method] - pairs[reference]).to_numpy(float)
+    accs = {f"final_test_acc_{m}_{k}": v for m in picked for k, v in zip(("mean", "std"), _mean_std(pairs[m]))}
+    return {"arch": arch, "sparsity_level": level, "method": method, REFERENCE_KEY: reference,
+            **{f"achieved_sparsity_{m}": float(picked[m]["achieved_sparsity"].mean()) for m in picked},
+            "comparison": f"{method} - {reference}", "split": "test", "n_pairs": len(diff),
+            "seeds": ",".join(str(s) for s in pairs.index), "pairs_lost": _pairs_lost(picked), **accs,
+            **paired_stats(diff), "stage": stage,
+            "trial_ids": ",".join(sorted(i for m in picked for i in picked[m]["trial_ids"]))}
+
+
+def paired_comparison(trials: pd.DataFrame, reference: str = DEFAULT_REFERENCE, stage: str = TUNING) -> pd.DataFrame:
+    """Each method minus ``reference``: final TEST accuracy at each comparison level per arch, paired by seed,
+    one row per (arch, level, method) for every method other than the reference (:func:`compared_methods`:
+    registry order), each pair judged on its own (a third method never changes another pair's row).
 
     Each method contributes its best COMPLETE configuration at that level (chosen on validation,
     :func:`best_configs`); trials at other levels (N:M below its nominal sparsity) are never paired with it.
@@ -569,30 +626,21 @@ def paired_comparison(trials: pd.DataFrame, first: str = "admm", second: str = "
     ``stage``: whose rows are judged. The configurations are always chosen on the TUNING rows; with
     CONFIRMATION the pairs are those chosen configurations' confirmation seeds (python -m sweep confirm), and
     a level has a row only where both have some. ``trial_ids``: the judged rows. ``trials``: every row, any
-    status.
+    status. A level where the reference has no chosen configuration has no row.
     """
     ok = _ok_annotated(trials)
     judged = ok if stage == TUNING else _ok_annotated(trials, stage)
     rows = []
     for (arch, level), _ in ok.groupby(["arch", "sparsity_level"], sort=True):
         best = best_configs(trials[trials["arch"] == arch], level)
-        picked = {m: _picked_seeds(judged, best, m) for m in (first, second)}
-        if any(p is None or p.empty for p in picked.values()):
+        theirs = _picked_seeds(judged, best, reference)
+        if theirs is None or theirs.empty:
             continue
-        pairs = pd.concat({m: p["final_test_acc"] for m, p in picked.items()}, axis=1, join="inner").dropna()
-        diff = (pairs[first] - pairs[second]).to_numpy(float)
-        accs = {f"final_test_acc_{m}_{k}": v for m in picked for k, v in zip(("mean", "std"), _mean_std(pairs[m]))}
-        rows.append({"arch": arch, "sparsity_level": level,
-                     **{f"achieved_sparsity_{m}": float(picked[m]["achieved_sparsity"].mean()) for m in picked},
-                     "comparison": f"{first} - {second}", "split": "test", "n_pairs": len(diff),
-                     "seeds": ",".join(str(s) for s in pairs.index), "pairs_lost": _pairs_lost(picked), **accs,
-                     **paired_stats(diff), "stage": stage,
-                     "trial_ids": ",".join(sorted(i for m in picked for i in picked[m]["trial_ids"]))})
-    cols = ["arch", "sparsity_level", f"achieved_sparsity_{first}", f"achieved_sparsity_{second}", "comparison",
-            "split", "n_pairs", "seeds", "pairs_lost",
-            *(f"final_test_acc_{m}_{k}" for m in (first, second) for k in ("mean", "std")), *PAIRED_STATS,
-            "stage", "trial_ids"]
-    return pd.DataFrame(rows, columns=cols)
+        for method in compared_methods(best["method"].unique(), reference):
+            mine = _picked_seeds(judged, best, method)
+            if mine is not None and not mine.empty:
+                rows.append(_paired_row(arch, level, {method: mine, reference: theirs}, stage))
+    return pd.DataFrame(rows, columns=paired_columns([*methods_of(trials), reference]))
 
 
 def paired_stats(diff: np.ndarray) -> dict:
