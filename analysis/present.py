@@ -275,7 +275,8 @@ def show_summary(summary: pd.DataFrame) -> Display:
         (SIGN_FLIP_P, lambda r: p_value(r["p_value"], "fewer than 2 paired seeds: no test")),
         ("Paired seeds", lambda r: count(r["n_pairs"])), ("Verdict", _verdict_text)]
     if summary.reindex(columns=["judged_on"])["judged_on"].astype(object).fillna("").astype(str).ne("").any():
-        spec.insert(2, ("Judged on", lambda r: r["judged_on"] or "the tuning seeds"))
+        spec.insert(2, ("Judged on", lambda r: r["judged_on"] if isinstance(r["judged_on"], str) and r["judged_on"]
+                        else "the tuning seeds"))
     return render(summary, spec)
 
 

@@ -279,9 +279,9 @@ def _cut_caution(trials: pd.DataFrame) -> list[str]:
 
 
 def _reference_note(trials: pd.DataFrame, reference: str) -> list[str]:
-    """Words when the reference method has no rows: nothing is compared with it."""
+    """Words when the reference method has no rows although other methods could be compared with it."""
     present = methods_of(trials)
-    if reference in present:
+    if reference in present or len(present) < 2:
         return []
     return [f"the reference method {reference} has no rows: no method is compared with it (choose one with "
             f"--reference; methods present: {', '.join(present)})"]

@@ -185,3 +185,23 @@ def test_merged_experiments_naming_different_references_are_refused(tmp_path, ca
     err = capsys.readouterr().err
     assert "--reference" in err and THIRD in err and "magnitude" in err
     assert not out.exists()
+
+
+def test_a_confirmed_pair_beside_an_unconfirmed_third_method():
+    """python -m sweep confirm ran admm's and magnitude's chosen configurations: their confirmation row is the
+    answer; the third method's pair keeps its tuning row, which says its confirmation is missing; a level only
+    the reference reached is judged on the tuning seeds (not 'nan')."""
+    from analysis.present import show_summary
+    from analysis.summary import summary_table
+
+    confirmation = [dict(_tables(m, s)["trials"][0], trial_id=f"c-{m}-{s}", seed=s + 6, stage="confirmation",
+                         arch=ARCH, method=m) for m in ("admm", "magnitude") for s in (0, 1)]
+    alone = [dict(trial_rows(f"m8-{s}", "magnitude", s, 0.8, 1e-3)["trials"][0], arch=ARCH, method="magnitude")
+             for s in SEEDS]
+    table = summary_table(pd.concat([_frame(), pd.DataFrame(confirmation + alone)], ignore_index=True))
+    assert list(zip(table["sparsity_level"], table["method"], table["stage"])) == [
+        (0.5, "admm", "confirmation"), (0.5, "admm", "tuning"), (0.5, THIRD, "tuning"), (0.8, "", "tuning")]
+    assert "run python -m sweep confirm again" in table["caution"].iloc[2]
+    assert "confirm again" not in table["caution"].iloc[1]
+    shown = show_summary(table).frame
+    assert shown["Judged on"].tolist()[2:] == ["the tuning seeds", "the tuning seeds"]
