@@ -9,9 +9,11 @@ from typing import Any
 
 from vocabulary.config import (ARCHS, DATA_FOLDERS, DATASETS, METHODS, ConfigError, TrialConfig, field_help,
                                field_owners)
+from vocabulary import registry
+from vocabulary.registry import DEFAULT_REFERENCE
 
 from . import spaces as sp
-from .record import DEFAULT_REFERENCE, KEEP_MODELS, SAMPLERS, SCHEDULERS, SweepOptions
+from .record import KEEP_MODELS, SAMPLERS, SCHEDULERS, SweepOptions
 
 __all__ = ["UsageError", "build_parser", "add_cluster_options", "parse_set", "validate_run", "validate_resume",
            "check_reference", "check_trial_resources", "check_searched_params_act", "base_config", "probes",
@@ -219,7 +221,8 @@ def validate_resume(args: argparse.Namespace) -> None:
 
 # The sparsity sets that read each field: searching a field that the set of a trial ignores draws values with
 # no effect (duplicate configurations under different labels, and for sparsity a fake second objective).
-READ_BY_SETS = {"sparsity": ("uniform", "global"), "nm_n": ("nm",), "nm_m": ("nm",)}
+READ_BY_SETS = {f: tuple(name for name, spec in registry.SETS.items() if f in spec.fields)
+                for f in dict.fromkeys(f for spec in registry.SETS.values() for f in spec.fields)}
 
 
 def check_searched_params_act(space: sp.Space, base: dict[str, Any], fixed_by_set: dict[str, Any]) -> None:

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from vocabulary.config import ARCHS, METHODS, field_owners
+from vocabulary.registry import DEFAULT_REFERENCE
 
 __all__ = ["SweepOptions", "SweepOptionsError", "VERSION", "OPTIONS_FILE", "JOURNAL", "SAMPLERS", "SCHEDULERS",
-           "KEEP_MODELS", "DEFAULT_REFERENCE", "CONFIRM_KEY", "DROPPED_BY_V2", "read", "write"]
+           "KEEP_MODELS", "CONFIRM_KEY", "DROPPED_BY_V2", "read", "write"]
 
 VERSION = 2
 OPTIONS_FILE = "sweep.json"
@@ -36,7 +37,6 @@ SCHEDULERS = ("none", "asha")
 # which final models a sweep keeps (results/models/..., trainables.model_file): every ok trial's; only the
 # chosen configurations' seeds (at each arch, method and level: the rest are deleted when the sweep ends); none
 KEEP_MODELS = ("chosen", "all", "none")
-DEFAULT_REFERENCE = "magnitude"  # the method the report compares every other method against
 CONFIRM_KEY = "confirm"  # sweep.json: {"seeds": [...]}, the field confirm_seeds
 # Version 1 keys that version 2 drops: the run command's own (command, verbose) and its raw echo of options
 # that archs (arch) and base (dataset, data_dir, width and the epoch counts, after --set) hold resolved.

@@ -77,6 +77,10 @@ METHODS: dict[str, MethodSpec] = {
                         "magnitude per_step: weights that entered or left the kept set this epoch"),)),
 }
 
+# The method every other method is compared against (paired, seed by seed) unless a sweep names another
+# (python -m sweep run --reference; sweep.json "reference"; python -m analysis report --reference).
+DEFAULT_REFERENCE = "magnitude"
+
 # The sparsity sets.
 SETS: dict[str, SetSpec] = {
     "uniform": SetSpec("sparsity in every prunable layer", ("sparsity",)),
