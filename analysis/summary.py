@@ -20,14 +20,14 @@ import numpy as np
 import pandas as pd
 
 from results import selection
+from vocabulary.registry import SAMPLER_STARTUP
 
-from . import significance as SIG
-from . import tables as T
+from . import significance
+from . import tables
 
 # Configurations Optuna's samplers draw at random before they model the space (their defaults, Optuna 4):
 # TPESampler(n_startup_trials=10), GPSampler(n_startup_trials=10), NSGAIISampler(population_size=50: the first
 # generation is random). A study with fewer configurations than this was a random search.
-SAMPLER_STARTUP = {"tpe": 10, "gp": 10, "nsga2": 50}
 SAMPLER_NAMES = {"tpe": "TPE", "gp": "GP", "nsga2": "NSGA-II"}
 CAUTION_SEPARATOR = "; "  # between the cautions of one row (the caution column is one line of words)
 DEFAULT_SAMPLER = "tpe"  # `python -m sweep run`'s default, assumed when an experiment has no sweep.json
@@ -66,29 +66,29 @@ VERDICTS = ("wins", "unresolved", "too few seeds", "one seed", "tie", "no pairs"
 
 def _verdict(row: dict) -> tuple[str, str]:
     """(leading method or "", verdict) from the exact sign-flip test (row ``p_value``): wins (p <= ALPHA),
-    unresolved (p > ALPHA), too few seeds (fewer pairs than SIG.seeds_needed(): no p-value they can give
+    unresolved (p > ALPHA), too few seeds (fewer pairs than significance.seeds_needed(): no p-value they can give
     reaches ALPHA, whatever the differences), one seed, tie (equal means). Never from the t-interval."""
     diff = row["mean_diff"]
     if row["n_pairs"] == 0 or math.isnan(diff):
         return "", "no pairs"
     if diff == 0:
         return "", "tie"
-    leader = row["method"] if diff > 0 else row[T.REFERENCE_KEY]
+    leader = row["method"] if diff > 0 else row[tables.REFERENCE_KEY]
     if row["n_pairs"] < 2:
         return leader, "one seed"
-    if row["n_pairs"] < SIG.seeds_needed():
+    if row["n_pairs"] < significance.seeds_needed():
         return leader, "too few seeds"
-    return leader, "wins" if row["p_value"] <= SIG.ALPHA else "unresolved"
+    return leader, "wins" if row["p_value"] <= significance.ALPHA else "unresolved"
 
 
 def _seed_caution(n_pairs: int) -> str:
     if n_pairs == 0:
         return "no seed ran both methods, so nothing is paired"
-    needed = SIG.seeds_needed()
+    needed = significance.seeds_needed()
     decide = ""
     if n_pairs < needed:
         decide = (f"needs at least {needed} paired seeds to decide (with {n_pairs} the exact sign-flip test's "
-                  f"smallest p-value is {SIG.min_p_value(n_pairs):.3g} > {SIG.ALPHA})")
+                  f"smallest p-value is {significance.min_p_value(n_pairs):.3g} > {significance.ALPHA})")
     if n_pairs == 1:
         return "one seed: no interval, and the difference may be seed noise" + CAUTION_SEPARATOR + decide
     if n_pairs == 2:
@@ -139,8 +139,8 @@ def _admm_caution(trials: pd.DataFrame, row: dict, ids: set[str]) -> str:
     projection" with the baseline rather than converged ADMM. ``ids``: the trials the row judges."""
     if "pre_prune_distance" not in trials.columns or "dense_distance" not in trials.columns:
         return ""
-    mine = T.ok_trials(trials)
-    mine = mine[mine["method"] == T.ADMM]
+    mine = tables.ok_trials(trials)
+    mine = mine[mine["method"] == tables.ADMM]
     mine = mine[mine["trial_id"].isin(ids) & (mine["arch"] == row["arch"]) & (mine["dense_distance"] > 0)]
     share = (mine["pre_prune_distance"] / mine["dense_distance"]).dropna()
     if share.empty:
@@ -157,10 +157,10 @@ def _admm_caution(trials: pd.DataFrame, row: dict, ids: set[str]) -> str:
 def _control(trials: pd.DataFrame, row: dict, ids: set[str]) -> tuple[float, float]:
     """The dense control's test accuracy (mean, sample std) over the paired seeds of ``row``, for the
     trials the row judges (``ids``); NaN when missing or when they use more than one dense recipe."""
-    ok = T.with_control(T.ok_trials(trials))
+    ok = tables.with_control(tables.ok_trials(trials))
     chosen = ok[ok["trial_id"].isin(ids) & (ok["arch"] == row["arch"])
                 & ok["seed"].astype(str).isin(str(row["seeds"]).split(","))]
-    if chosen.empty or T.control_group(chosen).nunique() != 1:
+    if chosen.empty or tables.control_group(chosen).nunique() != 1:
         return math.nan, math.nan
     values = chosen.drop_duplicates(["seed", "control_key"])["control_test_acc"].dropna()
     if values.empty:
@@ -170,8 +170,8 @@ def _control(trials: pd.DataFrame, row: dict, ids: set[str]) -> tuple[float, flo
 
 def summary_columns(methods) -> list[str]:
     """The summary table's columns when ``methods`` have rows (each row fills those of its two methods)."""
-    methods = T.method_order(methods)
-    return ["arch", "sparsity_level", "stage", "judged_on", "method", T.REFERENCE_KEY,
+    methods = tables.method_order(methods)
+    return ["arch", "sparsity_level", "stage", "judged_on", "method", tables.REFERENCE_KEY,
             *(f"achieved_sparsity_{m}" for m in methods),
             *(f"final_test_acc_{m}_{k}" for m in methods for k in ("mean", "std")),
             "control_test_acc_mean", "control_test_acc_std", "mean_diff", "ci95_lo", "ci95_hi", "p_value", "test",
@@ -186,12 +186,12 @@ def _unpaired_row(trials: pd.DataFrame, group: pd.DataFrame, method: str, scope:
     configuration (verdict "one method"; "none complete" when neither has), with their test accuracy and
     the dense control's, and no difference (nothing to compare)."""
     arch, level = group["arch"].iloc[0], group["sparsity_level"].iloc[0]
-    table = T.comparison_table(trials[trials["arch"] == arch], level)
+    table = tables.comparison_table(trials[trials["arch"] == arch], level)
     table = table[(table["row"] == "control") | table["method"].isin(scope)]
-    chosen = T.method_order(table.loc[table["row"] == "pruned", "method"])
-    row = {"arch": arch, "sparsity_level": level, "method": method, T.REFERENCE_KEY: reference, "n_pairs": 0,
+    chosen = tables.method_order(table.loc[table["row"] == "pruned", "method"])
+    row = {"arch": arch, "sparsity_level": level, "method": method, tables.REFERENCE_KEY: reference, "n_pairs": 0,
            "seeds": "", "leader": "", "verdict": "one method" if chosen else "none complete",
-           "methods": ",".join(chosen or T.method_order(group.loc[group["method"].isin(scope), "method"])),
+           "methods": ",".join(chosen or tables.method_order(group.loc[group["method"].isin(scope), "method"])),
            "caution": "" if chosen else "no configuration completed every seed at this level (see "
                                         "Configurations not chosen)"}
     for r in table.to_dict("records"):
@@ -209,12 +209,12 @@ def _unpaired_rows(trials: pd.DataFrame, paired: list[dict], reference: str) -> 
     """A row for each pair (method, reference) at each (arch, level) where the method has ok trials but the
     pair has no paired row (``paired``), and one for an (arch, level) where only the reference ran
     (:func:`_unpaired_row`)."""
-    ok = T.annotate(trials)
+    ok = tables.annotate(trials)
     ok = ok[ok["status"] == "ok"]
     have = {(r["arch"], r["sparsity_level"], r["method"]) for r in paired}
     rows = []
     for (arch, level), group in ok.groupby(["arch", "sparsity_level"], sort=True):
-        others = T.compared_methods(group["method"].unique(), reference)
+        others = tables.compared_methods(group["method"].unique(), reference)
         scopes = [(m, (m, reference)) for m in others if (arch, level, m) not in have] if others \
             else [("", (reference,))]
         rows += [_unpaired_row(trials, group, method, scope, reference) for method, scope in scopes]
@@ -227,21 +227,21 @@ def _ids(text: str) -> set[str]:
 
 def _pair(row: dict) -> tuple[str, str]:
     """The two methods a paired row compares: (method, reference)."""
-    return row["method"], row[T.REFERENCE_KEY]
+    return row["method"], row[tables.REFERENCE_KEY]
 
 
 def _confirmation_caution(trials: pd.DataFrame, row: dict) -> str:
     """Words when a chosen configuration of the row's pair did not complete every confirmation seed in its
     confirmation (``CONFIRM_SEEDS``, from sweep.json; results.selection.config_state judges it as the tuning
     does)."""
-    rows = T.annotate(trials[trials["arch"] == row["arch"]])
-    rows = rows[T.trial_stage(rows) == T.CONFIRMATION]
-    best = T.best_configs(trials[trials["arch"] == row["arch"]], row["sparsity_level"])
+    rows = tables.annotate(trials[trials["arch"] == row["arch"]])
+    rows = rows[tables.trial_stage(rows) == tables.CONFIRMATION]
+    best = tables.best_configs(trials[trials["arch"] == row["arch"]], row["sparsity_level"])
     best = best[best["method"].isin(_pair(row))] if len(best) else best
     words = []
     for b in best.to_dict("records"):
         mine = rows[(rows["method"] == b["method"]) & (rows["config"] == b["config"])]
-        expected = {int(x) for x in ",".join(mine.reindex(columns=[T.CONFIRM_SEEDS])[T.CONFIRM_SEEDS].dropna()
+        expected = {int(x) for x in ",".join(mine.reindex(columns=[tables.CONFIRM_SEEDS])[tables.CONFIRM_SEEDS].dropna()
                                              .astype(str)).split(",") if x}
         pairs = [(int(seed), status) for seed, status in zip(mine["seed"], mine["status"])]
         state = selection.config_state(pairs, expected)
@@ -259,8 +259,8 @@ def _unconfirmed_caution(trials: pd.DataFrame, row: dict, confirmed: set) -> str
     if (row["arch"], row["sparsity_level"], row["method"]) in confirmed:
         return ""
     mine = trials[(trials["arch"] == row["arch"]) & trials["method"].isin(_pair(row))]
-    rows = T.annotate(T.stage_trials(mine, T.CONFIRMATION))
-    if not ((rows["sparsity_level"] - row["sparsity_level"]).abs() <= T.SPARSITY_TOL).any():
+    rows = tables.annotate(tables.stage_trials(mine, tables.CONFIRMATION))
+    if not ((rows["sparsity_level"] - row["sparsity_level"]).abs() <= tables.SPARSITY_TOL).any():
         return ""
     return ("confirmation trials ran at this level, but not ok on both configurations chosen now: run "
             "python -m sweep confirm again")
@@ -268,7 +268,7 @@ def _unconfirmed_caution(trials: pd.DataFrame, row: dict, confirmed: set) -> str
 
 def _judged_on(stage: str, seeds: str, confirmed: bool) -> str:
     """Which seeds a summary row judges on (words for the answer and the table)."""
-    if stage == T.CONFIRMATION:
+    if stage == tables.CONFIRMATION:
         return f"confirmation seeds {seeds.replace(',', ', ')}, not used to choose"
     return "the tuning seeds it was chosen on (optimistic)" if confirmed else ""
 
@@ -282,7 +282,7 @@ def _cautions(trials: pd.DataFrame, row: dict, stage: str, search: Search, confi
     configs = dict(zip(tuning["method"], tuning["configurations"].astype(int)))
     cautions = [_seed_caution(row["n_pairs"]), _pairs_caution(row), _search_caution(configs, search),
                 _not_ok_caution(judged), _admm_caution(trials, row, ids),
-                _confirmation_caution(trials, row) if stage == T.CONFIRMATION
+                _confirmation_caution(trials, row) if stage == tables.CONFIRMATION
                 else _unconfirmed_caution(trials, row, confirmed)]
     return CAUTION_SEPARATOR.join(c for c in cautions if c)
 
@@ -290,9 +290,9 @@ def _cautions(trials: pd.DataFrame, row: dict, stage: str, search: Search, confi
 def _stage_rows(trials: pd.DataFrame, stage: str, search: Search, confirmed: set, reference: str) -> list[dict]:
     """The summary rows of one stage (:func:`summary_table`), one per pair (method, ``reference``) at each
     (arch, level); ``confirmed``: the (arch, level, method) that have a confirmation row."""
-    accounts = (T.accounting(T.stage_trials(trials)), T.accounting(T.stage_trials(trials, stage)))
+    accounts = (tables.accounting(tables.stage_trials(trials)), tables.accounting(tables.stage_trials(trials, stage)))
     rows = []
-    for row in T.paired_comparison(trials, reference, stage=stage).to_dict("records"):
+    for row in tables.paired_comparison(trials, reference, stage=stage).to_dict("records"):
         mine = accounts[0][accounts[0]["arch"] == row["arch"]]
         mine = dict(zip(mine["method"], mine["configurations"].astype(int)))
         leader, verdict = _verdict(row)
@@ -307,7 +307,7 @@ def _stage_rows(trials: pd.DataFrame, stage: str, search: Search, confirmed: set
 
 
 def summary_table(trials: pd.DataFrame, search: Search = Search(),
-                  reference: str = T.DEFAULT_REFERENCE) -> pd.DataFrame:
+                  reference: str = tables.DEFAULT_REFERENCE) -> pd.DataFrame:
     """One row per (arch, comparison level), pair and stage: every method other than ``reference`` is
     compared with it, each pair on its own (``method``, ``reference``; in registry order). A row holds both
     methods' final test accuracy over the paired seeds, the dense control's, the paired difference (method
@@ -321,15 +321,15 @@ def summary_table(trials: pd.DataFrame, search: Search = Search(),
     pair ran on confirmation seeds (python -m sweep confirm), the ``confirmation`` row (judged on those seeds
     only: no optimism from choosing the best of many on the same seeds) comes first and is the answer; the
     ``tuning`` row (judged on the seeds it was chosen on) stays beside it. ``judged_on`` says which seeds."""
-    confirmation = _stage_rows(trials, T.CONFIRMATION, search, set(), reference) \
-        if (T.trial_stage(trials) == T.CONFIRMATION).any() else []
+    confirmation = _stage_rows(trials, tables.CONFIRMATION, search, set(), reference) \
+        if (tables.trial_stage(trials) == tables.CONFIRMATION).any() else []
     confirmed = {(r["arch"], r["sparsity_level"], r["method"]) for r in confirmation}
-    tuning = _stage_rows(trials, T.TUNING, search, confirmed, reference)
-    methods = T.method_order([*T.methods_of(trials), reference])
+    tuning = _stage_rows(trials, tables.TUNING, search, confirmed, reference)
+    methods = tables.method_order([*tables.methods_of(trials), reference])
     table = pd.DataFrame(confirmation + tuning + _unpaired_rows(trials, tuning, reference),
                          columns=summary_columns(methods))
-    table["stage"] = T.trial_stage(table)  # the rows where one method finished are the tuning stage's
+    table["stage"] = tables.trial_stage(table)  # the rows where one method finished are the tuning stage's
     order = {"_m": table["method"].map({m: i for i, m in enumerate(methods)}).fillna(-1),
-             "_o": table["stage"].map({T.CONFIRMATION: 0}).fillna(1)}
+             "_o": table["stage"].map({tables.CONFIRMATION: 0}).fillna(1)}
     return (table.assign(**order).sort_values(["arch", "sparsity_level", "_m", "_o"], kind="stable")
             .drop(columns=list(order)).reset_index(drop=True))

@@ -33,8 +33,9 @@ from scipy import stats
 from results import schema, selection
 from vocabulary import config as vocabulary_config
 from vocabulary.config import dense_fields
+from vocabulary.registry import DEFAULT_REFERENCE
 
-from . import significance as SIG
+from . import significance
 
 GROUP = ("arch", "method")
 # The columns that identify one configuration: generated from TrialConfig through the schema, never by hand.
@@ -64,9 +65,9 @@ SPARSITY_TOL = 1e-6  # levels are typed fractions; compare with a tolerance, not
 CONTROL_MISSING = ("dense control missing (dense_control off, or results without it): no same-budget dense "
                    "reference; the dense start is not one")
 # Every other method is compared with ONE reference method, each in a pair of its own (paired_comparison):
-# sweep.json's "reference" (python -m sweep run --reference), else this default (experiments that predate the
-# key). The only method name analysis knows apart from ADMM's own figure and caution.
-DEFAULT_REFERENCE = "magnitude"
+# sweep.json's "reference" (python -m sweep run --reference), else the default (experiments that predate the
+# key): vocabulary.registry.DEFAULT_REFERENCE. The only method name analysis knows apart from ADMM's own
+# figure and caution.
 REFERENCE_KEY = "reference"
 ADMM = "admm"  # the method the ADMM convergence figure (plots.admm_data) and caution (summary) are about
 
@@ -650,12 +651,12 @@ def paired_stats(diff: np.ndarray) -> dict:
     With n < 2 the interval and p-values are NaN and ``note`` says "n/a (n < 2)"; with equal differences the
     t-interval is a point and ``note`` says that this is no evidence."""
     n = len(diff)
-    out = {"test": SIG.EXACT, "seeds_needed": SIG.seeds_needed(), "t_p_value": math.nan}
+    out = {"test": significance.EXACT, "seeds_needed": significance.seeds_needed(), "t_p_value": math.nan}
     if n < 2:
         return {**out, "mean_diff": float(diff.mean()) if n else math.nan, "ci95_lo": math.nan, "ci95_hi": math.nan,
                 "p_value": math.nan, "note": "n/a (n < 2)"}
     mean, sem = float(diff.mean()), float(stats.sem(diff))
-    p, test = SIG.sign_flip_test(diff)
+    p, test = significance.sign_flip_test(diff)
     out.update(mean_diff=mean, p_value=p, test=test)
     if sem == 0.0:  # identical differences: the t statistic is undefined, the interval is a point
         return {**out, "ci95_lo": mean, "ci95_hi": mean,

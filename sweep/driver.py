@@ -26,6 +26,7 @@ import os
 from typing import Any, Callable, Mapping
 
 from vocabulary.config import TrialConfig
+from vocabulary.registry import SAMPLER_STARTUP
 
 from . import console, record, spaces as sp
 from .options import (UsageError, asha_max_t, build_parser, check_data, check_reference, exists, experiment_path,
@@ -75,7 +76,8 @@ def start(args: argparse.Namespace, write: Callable[[str], None]) -> str:
         "trials": args.trials, "seeds": args.seeds, "sampler": args.sampler, "scheduler": args.scheduler,
         "keep_models": args.keep_models, "max_failures": args.max_failures, "max_concurrent": args.max_concurrent,
         "local": args.local, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": gpus,
-        "optuna_storage": JOURNAL, "reference": check_reference(args.reference, space)})
+        "optuna_storage": JOURNAL, "reference": check_reference(args.reference, space),
+        "grid": space.grid, "sampler_startup_trials": SAMPLER_STARTUP[args.sampler]})
     write_options(experiment_path(storage, name), options)
     return launch(options, space, resume=False, write=write, splits=splits)
 

@@ -76,6 +76,8 @@ class SweepOptions:
     gpus_per_trial: float = 0.0
     optuna_storage: str = JOURNAL  # relative to the experiment folder
     reference: str = DEFAULT_REFERENCE  # the method every other method is compared against (a METHODS name)
+    grid: bool = False  # the space is a grid (one configuration per study, nothing searched: sweep.spaces)
+    sampler_startup_trials: int = 0  # SAMPLER_STARTUP[sampler] as the sweep ran (0: not recorded)
     tune_dir: str | None = None  # a longer search's Tune folder inside the experiment (extend-<k>), or None
     confirm_seeds: tuple[int, ...] = ()  # python -m sweep confirm's seeds (JSON: "confirm": {"seeds": [...]})
     version: int = VERSION
@@ -199,6 +201,7 @@ PARSERS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "local": ("local", _flag), "cpus_per_trial": ("cpus_per_trial", _number(0, above=True)),
     "gpus_per_trial": ("gpus_per_trial", _number(0, above=False)), "optuna_storage": ("optuna_storage", _text),
     "reference": ("reference", _choice(METHODS)), "tune_dir": ("tune_dir", _optional_text),
+    "grid": ("grid", _flag), "sampler_startup_trials": ("sampler_startup_trials", _integer(0)),
     CONFIRM_KEY: ("confirm_seeds", _confirm),
 }
 

@@ -34,6 +34,7 @@ from ray.tune.search import Searcher
 from results import selection
 
 from .outcome import trial_status
+from vocabulary.registry import SAMPLER_STARTUP as STARTUP
 
 __all__ = ["MultiStudySearcher", "StudySpec", "classify", "tell", "make_sampler", "ask_seed", "JournalMirror",
            "trial_row", "tune_trials", "tune_trial_ids", "open_storage", "META_KEYS", "ATTR_RAY", "ATTR_RESULT",
@@ -291,12 +292,13 @@ def tell(study: optuna.Study, number: int, results: list[dict]) -> None:
 
 
 def make_sampler(name: str, n_objectives: int, seed: int = 0) -> optuna.samplers.BaseSampler:
-    """TPE (default), GP or NSGA-II, seeded so a sweep's suggestions are reproducible."""
+    """TPE (default), GP or NSGA-II, seeded so a sweep's suggestions are reproducible; each draws
+    STARTUP[name] configurations at random before it models the space (sweep.json records the number)."""
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=STARTUP["gp"])
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=STARTUP["nsga2"])
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=STARTUP["tpe"])
 
 
 def ask_seed(study_name: str, n_trials: int) -> int:

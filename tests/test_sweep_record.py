@@ -18,6 +18,7 @@ import sys
 import pytest
 
 import helpers
+from vocabulary.registry import SAMPLER_STARTUP
 from sweep.record import DROPPED_BY_V2, VERSION, SweepOptions, SweepOptionsError, read, write
 
 V1_SWEEP_JSON = """{
@@ -183,6 +184,27 @@ def test_a_bad_reference_exits_2_naming_the_option_before_anything_starts(args, 
     assert ray.is_initialized() == was and not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("grid, sampler", [(True, "tpe"), (False, "nsga2"), (False, "gp")])
+def test_the_report_reads_the_search_facts_the_record_writes(grid, sampler):
+    # analysis cannot import sweep: the keys are the contract. Before the record wrote them, a grid sweep
+    # (the seed space: one configuration per study) got the caution "essentially random search"
+    from analysis import search_info
+
+    written = SweepOptions.from_dict({"sampler": sampler, "grid": grid,
+                                      "sampler_startup_trials": SAMPLER_STARTUP[sampler]}).to_dict()
+    search = search_info([json.loads(json.dumps(written))])
+    assert search.known and search.grid is grid and search.sampler == sampler
+    assert search.startup == SAMPLER_STARTUP[sampler]
+
+
+def test_each_sampler_is_built_with_the_random_start_sweep_json_records():
+    from sweep.searcher import make_sampler
+
+    assert make_sampler("tpe", 1)._n_startup_trials == SAMPLER_STARTUP["tpe"]
+    assert make_sampler("gp", 1)._n_startup_trials == SAMPLER_STARTUP["gp"]
+    assert make_sampler("nsga2", 1)._population_size == SAMPLER_STARTUP["nsga2"]
+
+
 @pytest.mark.slow
 def test_the_reference_is_kept_in_sweep_json_and_resume_reads_it(tmp_path):
     """A real tiny sweep (one configuration per method): sweep.json is version 2 with the given reference, and
@@ -200,5 +222,7 @@ def test_the_reference_is_kept_in_sweep_json_and_resume_reads_it(tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
     on_disk = json.loads((tmp_path / "r" / "sweep.json").read_text())
     assert on_disk["reference"] == "admm" and on_disk["version"] == VERSION and on_disk["trials"] == 1
+    # the facts the report's search caution reads: not a grid, TPE's random start as the sweep built it
+    assert on_disk["grid"] is False and on_disk["sampler_startup_trials"] == SAMPLER_STARTUP["tpe"]
     options = read(str(tmp_path / "r"))
     assert options.reference == "admm" and options.archs == ("mobilenet_v2",) and options.local is True

@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 
-from vocabulary import config as C
+from vocabulary import config
 from trainables.progress import duration
 
 __all__ = ["main", "build_parser", "option_help", "check_paths", "free_fields", "resumed_config",
@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainables")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="run one trial: dense -> sparsify -> project -> fine-tune")
-    helps = C.field_help()
-    for f in C.all_fields():
+    helps = config.field_help()
+    for f in config.all_fields():
         flag = "--" + f.name.replace("_", "-")
         text = option_help(f, helps)
         if f.type == "bool":
@@ -60,14 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
 def option_help(f, helps: dict[str, str]) -> str:
     """A field's help: its comment in vocabulary/config.py, the allowed values, its default."""
     text = helps.get(f.name) or f.name.replace("_", " ")
-    choices = C.CHOICES.get(f.name)
+    choices = config.CHOICES.get(f.name)
     if choices:
         text += f" (one of: {', '.join(choices)})"
     return f"{text} [default: {f.default!r}]".replace("%", "%%")
 
 
 def _flat(args: argparse.Namespace) -> dict:
-    owners = C.field_owners()
+    owners = config.field_owners()
     flat = {k: v for k, v in vars(args).items() if k in owners and v is not None}
     if flat.get("data_dir") is not None:
         # a given option is never ignored: --data-dir means CIFAR-10 files unless --dataset names another folder
@@ -100,43 +100,43 @@ def check_paths(args: argparse.Namespace) -> None:
         if path is None:
             continue
         if field != "out" and "://" in path:
-            raise C.ConfigError(field, f"{path}: a local folder is needed here, not a URI")
+            raise config.ConfigError(field, f"{path}: a local folder is needed here, not a URI")
         try:
             check_writable(path)
         except (OSError, ValueError) as exc:
-            raise C.ConfigError(field, f"cannot write to {path}: {exc}") from None
+            raise config.ConfigError(field, f"cannot write to {path}: {exc}") from None
     if args.resume and not os.path.isdir(args.resume):
-        raise C.ConfigError("resume_from", f"{args.resume} is not a folder")
+        raise config.ConfigError("resume_from", f"{args.resume} is not a folder")
 
 
 def free_fields() -> set[str]:
     """The fields a resumed run may change: how or where it runs (NOT_HP), not what it computes (DENSE)."""
-    return {f.name for f in C.all_fields() if not f.metadata.get("hyperparameter", True)
+    return {f.name for f in config.all_fields() if not f.metadata.get("hyperparameter", True)
             and not f.metadata.get("dense")}
 
 
-def resumed_config(folder: str, given: dict) -> C.TrialConfig:
+def resumed_config(folder: str, given: dict) -> config.TrialConfig:
     """--resume: the checkpoint's configuration, with the run options given now. A given option that
     contradicts the checkpoint is refused (the result would be labelled with it and computed without it)."""
     from trainables.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
     path = os.path.join(folder, CHECKPOINT_FILE)
     if not os.path.isfile(path):
-        raise C.ConfigError("resume_from", f"{folder} holds no {CHECKPOINT_FILE} (a --checkpoint-dir folder is expected)")
+        raise config.ConfigError("resume_from", f"{folder} holds no {CHECKPOINT_FILE} (a --checkpoint-dir folder is expected)")
     try:
         saved = load_checkpoint(path, "cpu")["config"]
-        old = C.TrialConfig.from_dict({k: v for k, v in saved.items() if k in C.field_owners()}).to_dict()
+        old = config.TrialConfig.from_dict({k: v for k, v in saved.items() if k in config.field_owners()}).to_dict()
     except Exception as exc:  # noqa: BLE001 - a truncated, foreign or older file: the user's input
-        raise C.ConfigError("resume_from", f"cannot read the checkpoint {path}: {exc}") from None
+        raise config.ConfigError("resume_from", f"cannot read the checkpoint {path}: {exc}") from None
     free = free_fields()
-    new = C.TrialConfig.from_dict(given).to_dict()
+    new = config.TrialConfig.from_dict(given).to_dict()
     clash = [f"--{k.replace('_', '-')} {new[k]!r} (checkpoint: {old[k]!r})" for k in given
              if k not in free and new[k] != old[k]]
     if clash:
-        raise C.ConfigError("resume_from", f"the checkpoint in {folder} is of another configuration: "
+        raise config.ConfigError("resume_from", f"the checkpoint in {folder} is of another configuration: "
                             f"{', '.join(clash)}; leave these options out (they are read from the checkpoint); "
                             f"only {', '.join(sorted(free))} may change on resume")
-    return C.TrialConfig.from_dict({**{k: v for k, v in old.items() if k not in free}, **given})
+    return config.TrialConfig.from_dict({**{k: v for k, v in old.items() if k not in free}, **given})
 
 
 @contextlib.contextmanager
@@ -170,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:  # everything checkable without torch first: a refusal answers at once
         given = _flat(args)
-        cfg = C.TrialConfig.from_dict(given)
+        cfg = config.TrialConfig.from_dict(given)
         check_paths(args)
-    except C.ConfigError as exc:
+    except config.ConfigError as exc:
         return _error(exc)
     from trainables.data import DataError, load_splits
     from trainables.trial import run_trial
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                 store = FileDenseStore(os.path.abspath(args.dense_cache))
             result = run_trial(cfg, data=data, report=_keep_checkpoint(args.checkpoint_dir),
                                resume_from=args.resume, trial_id=args.trial_id, dense_store=store)
-        except (C.ConfigError, DataError) as exc:
+        except (config.ConfigError, DataError) as exc:
             return _error(exc)
         s = result.summary
         progress.info("%s: final_val_acc %.4f  achieved_sparsity %.3f  %s", s["status"], s["final_val_acc"],

@@ -81,6 +81,11 @@ METHODS: dict[str, MethodSpec] = {
 # (python -m sweep run --reference; sweep.json "reference"; python -m analysis report --reference).
 DEFAULT_REFERENCE = "magnitude"
 
+# Configurations each Optuna sampler of the sweep draws at random before it models the space (TPE's and GP's
+# n_startup_trials, NSGA-II's first generation): sweep.searcher.make_sampler passes them, sweep.json records
+# the sweep's, and the report's "essentially random search" caution compares a study's size with it.
+SAMPLER_STARTUP = {"tpe": 10, "gp": 10, "nsga2": 50}
+
 # The sparsity sets.
 SETS: dict[str, SetSpec] = {
     "uniform": SetSpec("sparsity in every prunable layer", ("sparsity",)),
