@@ -159,14 +159,22 @@ def plot_curves(data: pd.DataFrame):
         spans = phase_spans(mine)
         for row in range(2):
             _mark_phases(axes[row, col], spans, label=row == 0)
-            _integer_ticks(axes[row, col])
-        axes[0, col].set_title(arch, pad=14)
-        axes[0, col].set_ylabel("train objective")
-        axes[1, col].set_ylabel("val accuracy (%)")
-        axes[1, col].set_xlabel("epoch (all phases)")
-        axes[0, col].legend(fontsize=8)
+        _label_column(axes[:, col], arch, ("train objective", "val accuracy (%)"), "epoch (all phases)",
+                      title_pad=14, legend_size=8)
     fig.tight_layout()
     return fig
+
+
+def _label_column(column, title: str, ylabels: tuple[str, str], xlabel: str, *, title_pad: float = 6.0,
+                  legend_size: int = 8) -> None:
+    """One architecture's column of a two-row figure: integer epoch ticks, the title on top, the y labels,
+    the x label at the bottom and the legend in the top plot."""
+    for ax, ylabel in zip(column, ylabels):
+        _integer_ticks(ax)
+        ax.set_ylabel(ylabel)
+    column[0].set_title(title, pad=title_pad)
+    column[-1].set_xlabel(xlabel)
+    column[0].legend(fontsize=legend_size)
 
 
 def curves_alt(data: pd.DataFrame) -> str:
@@ -351,13 +359,8 @@ def plot_admm(data: pd.DataFrame):
         starts = mine["dense_distance"] if "dense_distance" in mine.columns else pd.Series(dtype=float)
         _scale_for(axes[0, col], pd.concat([mine["primal_residual"], mine["dual_residual"], starts]))
         _rho_axis(axes[1, col], mine["rho"])
-        for ax in axes[:, col]:
-            _integer_ticks(ax)
-        axes[0, col].set_title(arch)
-        axes[0, col].set_ylabel("residual (squared norm)")
-        axes[1, col].set_ylabel("rho")
-        axes[1, col].set_xlabel("epoch (sparsify phase)")
-        axes[0, col].legend(fontsize=7)
+        _label_column(axes[:, col], arch, ("residual (squared norm)", "rho"), "epoch (sparsify phase)",
+                      legend_size=7)
     fig.tight_layout()
     return fig
 
