@@ -487,6 +487,10 @@ def _answer(row: dict, named: bool = False) -> Answer:
         if verdict in ("wins", "unresolved", "too few seeds") else ""
     n = int(row["n_pairs"])
     test = f"{row.get('test') or EXACT}: p = {p_value(row['p_value'], '')}"
+    family = row.get("family_size")
+    if not _missing(family) and family > 1:
+        test += (f", Holm-adjusted over the {int(family)} methods compared with {row[REFERENCE_KEY]} here "
+                 f"(unadjusted {p_value(row['p_unadjusted'], '')})")
     if verdict == "wins":
         return Answer(f"{where}: {leader} wins by {diff}",
                       f"({test} over {n} seeds; paired 95% t-interval {ci}; {_accuracies(row)}).", caution)

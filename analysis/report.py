@@ -41,7 +41,10 @@ TEST_TEXT = (f"The size of a difference is its mean with a {significance.INTERVA
              f"{significance.EXACT_MAX} pairs {significance.MC_DRAWS:,} random flips with seed "
              f"{significance.MC_SEED}): a method wins only where p <= {significance.ALPHA}. With n pairs the "
              f"smallest p is 2^-(n-1), so a decision needs at least {significance.seeds_needed()} paired seeds; a "
-             "zero-width interval (equal differences) is no evidence.")
+             "zero-width interval (equal differences) is no evidence. Where several methods are compared with "
+             "the reference at one level, their p-values are Holm-adjusted over that family (the chance of any "
+             "false win stays at most the threshold), and a decision needs more seeds "
+             f"({significance.seeds_needed(family=2)} for two or three methods).")
 ACCURACY_TEXT = ("Accuracy in percent, mean ± sample standard deviation over seeds, rounded to one decimal; "
                  "pp = percentage points.")
 REFERENCE_TEXT = ("Every other method is compared with the reference method, {r} (the sweep's --reference, or "

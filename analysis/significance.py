@@ -6,7 +6,9 @@ Under the null hypothesis (no difference between the methods) each paired differ
 either sign. The two-sided p-value is the share of the 2^n sign assignments whose |sum| is at least the
 observed |sum|: enumerated exactly for n <= EXACT_MAX, else estimated from MC_DRAWS random assignments with a
 fixed seed ((1 + hits) / (1 + draws), never 0). With n pairs the smallest two-sided p-value is 2^-(n-1), so a
-decision at ALPHA needs at least :func:`seeds_needed` pairs (6 at 0.05).
+decision at ALPHA needs at least :func:`seeds_needed` pairs (6 at 0.05). Several methods compared with one
+reference at one level are one family: their p-values are Holm-adjusted (:func:`holm`), and a decision then
+needs more pairs (7 for two or three comparisons, 8 for four or five).
 """
 
 from __future__ import annotations
@@ -29,9 +31,26 @@ def min_p_value(n: int) -> float:
     return 1.0 if n < 1 else 2.0 ** -(n - 1)
 
 
-def seeds_needed(alpha: float = ALPHA) -> int:
-    """The fewest pairs whose smallest two-sided p-value is <= ``alpha``: 1 + ceil(log2(1 / alpha))."""
-    return 1 + math.ceil(math.log2(1.0 / alpha) - 1e-12)
+def seeds_needed(alpha: float = ALPHA, family: int = 1) -> int:
+    """The fewest pairs whose smallest two-sided p-value is <= ``alpha / family``: 1 + ceil(log2(family /
+    alpha)). ``family``: the comparisons judged together (:func:`holm`): the first of them is held to
+    alpha / family, so fewer pairs can never decide any of them."""
+    return 1 + math.ceil(math.log2(max(family, 1) / alpha) - 1e-12)
+
+
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjustment of one family's p-values (every method compared with the same reference at
+    one level): sorted ascending, p_(i) becomes max over j <= i of min(1, (k - j + 1) p_(j)), k the family's
+    size. Rejecting where the adjusted p <= ALPHA keeps the chance of any false "wins" in the family at most
+    ALPHA, whatever the dependence between the comparisons (they share the reference's seeds). NaN (no test)
+    stays NaN and is not counted in k. A family of one is unchanged."""
+    p = [float(v) for v in p_values]
+    finite = sorted((v, i) for i, v in enumerate(p) if not math.isnan(v))
+    k, out, running = len(finite), list(p), 0.0
+    for rank, (value, i) in enumerate(finite):
+        running = max(running, min(1.0, (k - rank) * value))
+        out[i] = running
+    return out
 
 
 def _sums(diff: np.ndarray, signs: np.ndarray) -> np.ndarray:

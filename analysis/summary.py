@@ -66,8 +66,9 @@ VERDICTS = ("wins", "unresolved", "too few seeds", "one seed", "tie", "no pairs"
 
 def _verdict(row: dict) -> tuple[str, str]:
     """(leading method or "", verdict) from the exact sign-flip test (row ``p_value``): wins (p <= ALPHA),
-    unresolved (p > ALPHA), too few seeds (fewer pairs than significance.seeds_needed(): no p-value they can give
-    reaches ALPHA, whatever the differences), one seed, tie (equal means). Never from the t-interval."""
+    unresolved (p > ALPHA), too few seeds (fewer pairs than the row's ``seeds_needed``: no p-value they can
+    give reaches ALPHA, whatever the differences), one seed, tie (equal means). Never from the t-interval.
+    ``p_value`` and ``seeds_needed`` are the family's (Holm over the methods compared at this level)."""
     diff = row["mean_diff"]
     if row["n_pairs"] == 0 or math.isnan(diff):
         return "", "no pairs"
@@ -76,19 +77,20 @@ def _verdict(row: dict) -> tuple[str, str]:
     leader = row["method"] if diff > 0 else row[tables.REFERENCE_KEY]
     if row["n_pairs"] < 2:
         return leader, "one seed"
-    if row["n_pairs"] < significance.seeds_needed():
+    if row["n_pairs"] < row["seeds_needed"]:  # the pair's family's (tables: Holm over its comparisons)
         return leader, "too few seeds"
     return leader, "wins" if row["p_value"] <= significance.ALPHA else "unresolved"
 
 
-def _seed_caution(n_pairs: int) -> str:
+def _seed_caution(n_pairs: int, needed: int, family: int = 1) -> str:
     if n_pairs == 0:
         return "no seed ran both methods, so nothing is paired"
-    needed = significance.seeds_needed()
     decide = ""
     if n_pairs < needed:
+        bar = (f"{significance.ALPHA}" if family <= 1 else
+               f"{significance.ALPHA}/{family}, Holm over the {family} methods compared with the reference here")
         decide = (f"needs at least {needed} paired seeds to decide (with {n_pairs} the exact sign-flip test's "
-                  f"smallest p-value is {significance.min_p_value(n_pairs):.3g} > {significance.ALPHA})")
+                  f"smallest p-value is {significance.min_p_value(n_pairs):.3g} > {bar})")
     if n_pairs == 1:
         return "one seed: no interval, and the difference may be seed noise" + CAUTION_SEPARATOR + decide
     if n_pairs == 2:
@@ -175,7 +177,8 @@ def summary_columns(methods) -> list[str]:
             *(f"achieved_sparsity_{m}" for m in methods),
             *(f"final_test_acc_{m}_{k}" for m in methods for k in ("mean", "std")),
             "control_test_acc_mean", "control_test_acc_std", "mean_diff", "ci95_lo", "ci95_hi", "p_value", "test",
-            "t_p_value", "seeds_needed", "n_pairs", "seeds", "pairs_lost", "leader", "verdict",
+            "t_p_value", "seeds_needed", "p_unadjusted", "family_size", "n_pairs", "seeds", "pairs_lost", "leader",
+            "verdict",
             *(f"configurations_{m}" for m in methods), "methods", "caution"]
 
 
@@ -280,7 +283,10 @@ def _cautions(trials: pd.DataFrame, row: dict, stage: str, search: Search, confi
     pair, ids = _pair(row), _ids(row["trial_ids"])
     tuning, judged = (a[(a["arch"] == row["arch"]) & a["method"].isin(pair)] for a in accounts)
     configs = dict(zip(tuning["method"], tuning["configurations"].astype(int)))
-    cautions = [_seed_caution(row["n_pairs"]), _pairs_caution(row), _search_caution(configs, search),
+    family = row.get("family_size")
+    family = 1 if family is None or (isinstance(family, float) and math.isnan(family)) else int(family)
+    cautions = [_seed_caution(row["n_pairs"], int(row["seeds_needed"]), family), _pairs_caution(row),
+                _search_caution(configs, search),
                 _not_ok_caution(judged), _admm_caution(trials, row, ids),
                 _confirmation_caution(trials, row) if stage == tables.CONFIRMATION
                 else _unconfirmed_caution(trials, row, confirmed)]

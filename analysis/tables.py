@@ -587,7 +587,8 @@ def _pairs_lost(picked: dict[str, pd.DataFrame]) -> str:
     return ", ".join(f"{s} ({a if s in sa.index else b} only)" for s in lost)
 
 
-PAIRED_STATS = ["mean_diff", "ci95_lo", "ci95_hi", "p_value", "test", "t_p_value", "seeds_needed", "note"]
+PAIRED_STATS = ["mean_diff", "ci95_lo", "ci95_hi", "p_value", "test", "t_p_value", "seeds_needed", "note",
+                "p_unadjusted", "family_size"]
 
 
 def paired_columns(methods) -> list[str]:
@@ -623,7 +624,9 @@ def paired_comparison(trials: pd.DataFrame, reference: str = DEFAULT_REFERENCE, 
     :func:`best_configs`); trials at other levels (N:M below its nominal sparsity) are never paired with it.
     The pairs are the seeds both chosen configurations completed (``pairs_lost``: the seeds only one has).
     Reports the level, each side's mean achieved sparsity, n pairs, each side's final test accuracy (mean,
-    std) over the paired seeds (so the two means differ by exactly ``mean_diff``), and :func:`paired_stats`.
+    std) over the paired seeds (so the two means differ by exactly ``mean_diff``), and :func:`paired_stats`,
+    with ``p_value`` Holm-adjusted over the methods compared at the same (arch, level) (:func:`_adjust_families`:
+    with two methods it is the pair's own p).
     ``stage``: whose rows are judged. The configurations are always chosen on the TUNING rows; with
     CONFIRMATION the pairs are those chosen configurations' confirmation seeds (python -m sweep confirm), and
     a level has a row only where both have some. ``trial_ids``: the judged rows. ``trials``: every row, any
@@ -641,7 +644,24 @@ def paired_comparison(trials: pd.DataFrame, reference: str = DEFAULT_REFERENCE, 
             mine = _picked_seeds(judged, best, method)
             if mine is not None and not mine.empty:
                 rows.append(_paired_row(arch, level, {method: mine, reference: theirs}, stage))
-    return pd.DataFrame(rows, columns=paired_columns([*methods_of(trials), reference]))
+    return pd.DataFrame(_adjust_families(rows), columns=paired_columns([*methods_of(trials), reference]))
+
+
+def _adjust_families(rows: list[dict]) -> list[dict]:
+    """Every method compared with the reference at one (arch, level) is one family: ``p_value`` (what a
+    verdict rests on) becomes the Holm-adjusted p over it, ``p_unadjusted`` keeps the pair's own test,
+    ``family_size`` counts the family's tested pairs and ``seeds_needed`` grows with it. A family of one (two
+    methods) is unchanged."""
+    families: dict[tuple, list[dict]] = {}
+    for row in rows:
+        families.setdefault((row["arch"], row["sparsity_level"]), []).append(row)
+    for family in families.values():
+        raw = [row["p_value"] for row in family]
+        size = sum(not math.isnan(p) for p in raw)
+        for row, adjusted in zip(family, significance.holm(raw)):
+            row.update(p_unadjusted=row["p_value"], p_value=adjusted, family_size=size,
+                       seeds_needed=significance.seeds_needed(family=size))
+    return rows
 
 
 def paired_stats(diff: np.ndarray) -> dict:

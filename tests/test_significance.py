@@ -124,3 +124,72 @@ def test_the_report_names_the_test():
     frame = show_summary(pd.DataFrame([_summary([0.01, 0.03, 0.02, 0.04, 0.015, 0.025])])).frame
     assert any("sign-flip" in str(c) for c in frame.columns)
     assert math.isclose(_summary([0.01] * 6)["p_value"], 1 / 32)
+
+
+# --- several methods against one reference: one family, Holm-adjusted ---------------------------------------
+
+def _holm_by_definition(p):
+    """Holm (1979) as a rejection procedure, independent of analysis.significance: the smallest adjusted level
+    at which each hypothesis is rejected, found by trying every level a step could need."""
+    k = len(p)
+    order = sorted(range(k), key=lambda i: p[i])
+    candidates = sorted({min(1.0, (k - r) * p[i]) for r, i in enumerate(order)} | {1.0})
+
+    def rejected(alpha):
+        out = set()
+        for r, i in enumerate(order):
+            if p[i] > alpha / (k - r):
+                break
+            out.add(i)
+        return out
+
+    return [min(a for a in candidates if i in rejected(a)) for i in range(k)]
+
+
+@pytest.mark.parametrize("p", [[0.01, 0.04, 0.03], [0.2, 0.01], [0.05], [0.001, 0.001, 0.04, 0.3],
+                               [0.03125, 0.03125]])
+def test_holm_matches_its_definition(p):
+    from analysis.significance import holm
+
+    assert holm(p) == pytest.approx(_holm_by_definition(p))
+    assert holm([math.nan, *p])[0] != holm([math.nan, *p])[0]  # no test stays no test
+    assert holm([math.nan, *p])[1:] == pytest.approx(holm(p))  # and is not counted in the family
+
+
+def test_seeds_needed_grows_with_the_family():
+    from analysis.significance import min_p_value, seeds_needed
+
+    for family in range(1, 9):
+        n = seeds_needed(family=family)
+        assert min_p_value(n) <= 0.05 / family < min_p_value(n - 1)
+    assert [seeds_needed(family=k) for k in (1, 2, 3, 4)] == [6, 7, 7, 8]
+
+
+def _three_method_summary(diffs_admm, diffs_third):
+    from analysis.summary import summary_table
+
+    rows = []
+    for seed, (a, t) in enumerate(zip(diffs_admm, diffs_third)):
+        base = 0.60 + 0.01 * seed
+        rows += [_row(f"a{seed}", "admm", seed, base + a), _row(f"m{seed}", "magnitude", seed, base),
+                 dict(_row(f"r{seed}", "magnitude", seed, base + t), method="random", trial_id=f"r{seed}")]
+    return summary_table(pd.DataFrame(rows)).set_index("method")
+
+
+def test_two_comparisons_with_six_seeds_each_cannot_both_win():
+    """Measured before: two methods each 6/6 seeds above the reference both 'won' at p = 1/32, so the chance
+    that at least one such 'win' was noise was up to 2 x 0.05. Holm over the family holds it at 0.05."""
+    from analysis.present import answers
+
+    up = [0.01, 0.03, 0.02, 0.04, 0.015, 0.025]
+    table = _three_method_summary(up, [d / 2 for d in up])
+    for method in ("admm", "random"):
+        row = table.loc[method]
+        assert row["p_unadjusted"] == pytest.approx(1 / 32) and row["p_value"] == pytest.approx(1 / 16)
+        assert row["family_size"] == 2 and row["seeds_needed"] == 7
+        assert row["verdict"] == "too few seeds" and row["leader"] == method
+    said = answers(table.reset_index())
+    assert all("needs at least 7 paired seeds" in a.headline for a in said)
+    assert all("Holm-adjusted over the 2 methods" in a.detail for a in said)
+    # alone against the reference, the same six differences decide: the family of one is unchanged
+    assert _summary(up)["verdict"] == "wins" and _summary(up)["p_value"] == pytest.approx(1 / 32)
