@@ -193,8 +193,12 @@ SECTIONS: tuple[Union[TableSection, FigureSection], ...] = (
         "Each method's configuration chosen at sparsity {s} on VALIDATION (mean final val accuracy over all "
         "its seeds, every one finished ok), with the hyperparameters that vary in the sweep (trial ids in the "
         "CSV), its model's nonzero parameters and multiply-accumulates per image, the size of its model file "
-        "(kept weights and a bitmask) beside the same model saved densely, the prunable layers a seed pruned "
-        "to zero (a cut network), and the command that exports it (mean over seeds).",
+        "(kept weights and a bitmask) beside the same model saved densely, its 2:4 semi-structured inference "
+        "latency against the same model dense (N:M models timed at the end of their trials on a GPU with "
+        "compute capability >= 8.0, 256 images per batch, bf16; a trial sharing its GPU with others, "
+        "--gpus-per-trial below 1, was timed beside them: re-time a kept model alone before quoting it), the "
+        "prunable layers a seed pruned to zero (a cut network), and the command that exports it (mean over "
+        "seeds).",
         _chosen, lambda frame, i: present.show_best(frame, i.ok_settings)),
     TableSection(
         "fixed_hyperparameters", "Fixed hyperparameters", "Hyperparameters with one value in every finished trial.",
