@@ -10,9 +10,12 @@ analysis knows which seeds a confirmation must have. A re-run with the same K fi
 the next seeds; a smaller one is refused.
 
 Kill-safe: each confirmation trial writes its rows under a deterministic id per (configuration, seed)
-(:func:`row_id`), so a re-run skips the trials that ended ok or diverged and runs the rest again (a killed
-trial restarts from its start: trials are deterministic, so its numbers are the same); nothing is duplicated.
-Tune's state of a confirmation lives in ``<experiment>/confirm/``.
+(:func:`row_id`), so a re-run skips the trials that ended ok or diverged; nothing is duplicated. Tune's state
+of a confirmation lives in ``<experiment>/confirm/``. A re-run after a kill first restores that Tune run, as
+``resume`` does a sweep's (:func:`continue_killed`): its unfinished trials continue from their last per-epoch
+checkpoint and the planned ones it had not started run, under the same ids; then a fresh Tuner runs what is
+still missing (failed trials, a larger K's new seeds). A saved run that holds a trial no longer planned (a
+longer search changed the choice since) is not restored: its trials still to run start afresh.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import posixpath
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -28,11 +32,11 @@ from ray.tune.search import Searcher
 from results import schema
 
 from . import spaces as sp
-from .options import UsageError, parse_set, validate_resume, without_params
+from .options import UsageError, experiment_path, parse_set, validate_resume, without_params
 from .record import SweepOptions
 
 __all__ = ["confirm", "confirm_seeds", "Chosen", "chosen_configurations", "row_id", "plan", "pending", "run_trials",
-           "PlannedTrials", "CONFIRM_DIR"]
+           "continue_killed", "saved_run", "PlannedTrials", "CONFIRM_DIR"]
 
 CONFIRM_DIR = "confirm"  # Tune's state of the confirmation runs, inside the experiment folder
 
@@ -124,7 +128,8 @@ def confirm(args: argparse.Namespace, write: Callable[[str], None]) -> str:
     experiment, options = read_options(args)
     chosen, used = chosen_configurations(experiment, options)
     seeds = confirm_seeds(options.seeds, used, args.seeds, options.confirm_seeds)
-    todo = pending(experiment, plan(chosen, seeds))
+    planned = plan(chosen, seeds)
+    todo = pending(experiment, planned)
     space = without_params(sp.load_space(options.space), set(parse_set(list(options.set))))
     run_options = with_overrides(options, args)
     if todo:  # a finished confirmation needs no Ray
@@ -135,30 +140,84 @@ def confirm(args: argparse.Namespace, write: Callable[[str], None]) -> str:
     write(f"confirmation: {len(chosen)} chosen configuration{'s' if len(chosen) != 1 else ''} on seeds "
           f"{', '.join(map(str, seeds))}: {len(todo)} trials to run, {len(chosen) * len(seeds) - len(todo)} done before")
     if todo:
-        run_trials(run_options, space, todo, write, again=f"confirm {options.name} --seeds {len(seeds)}")
+        from .driver import prepare
+
+        run, again = prepare(run_options, space, write), f"confirm {options.name} --seeds {len(seeds)}"
+        if continue_killed(run, run_options, todo, write, again):
+            todo = pending(experiment, planned)  # what the restored run did not finish (failed, new seeds)
+        if todo:
+            run_trials(run, run_options, todo, again)
+        del run
     from .driver import finish
 
     finish(experiment, run_options, write)
     return experiment
 
 
-def run_trials(options: SweepOptions, space: sp.Space, todo: list[dict], write: Callable[[str], None],
-               again: str) -> None:
-    """One fresh Tuner over the planned confirmation trials (``todo``), no scheduler, no Optuna."""
+def run_trials(run, options: SweepOptions, todo: list[dict], again: str) -> None:
+    """One fresh Tuner over the planned confirmation trials (``todo``), no scheduler, no Optuna; ``run``: the
+    sweep.driver.Run (driver.prepare) it runs in."""
     from ray import tune
 
-    from .driver import fit, prepare, run_config, trial_dirname
+    from .driver import fit, run_config, trial_dirname
     from .progress import LiveTable
-    from .ray_tune import EndWriter
+    from .ray_tune import EndWriter, MissingCheckpoints
 
-    run = prepare(options, space, write)
-    callbacks = [EndWriter(run.context), LiveTable(total=len(todo))]
+    callbacks = [MissingCheckpoints(), EndWriter(run.context), LiveTable(total=len(todo))]
     tuner = tune.Tuner(run.trainable,
                        tune_config=tune.TuneConfig(search_alg=PlannedTrials(todo), num_samples=len(todo),
                                                    reuse_actors=True, trial_dirname_creator=trial_dirname),
                        run_config=run_config(options, run, callbacks, storage_path=run.experiment, name=CONFIRM_DIR))
     fit(tuner, options, again=again)
-    del run
+
+
+def continue_killed(run, options: SweepOptions, todo: list[dict], write: Callable[[str], None], again: str) -> bool:
+    """Restore the killed confirmation run saved in ``<experiment>/confirm/`` and finish it (driver.RESUME: its
+    unfinished trials continue from their checkpoints, its errored ones stay errored); False, touching nothing,
+    when there is none or it would run a trial that is not in ``todo`` (no longer planned, or finished)."""
+    from ray import tune
+
+    from .driver import RESUME, fit
+
+    folder = experiment_path(run.experiment, CONFIRM_DIR)
+    left = saved_run(folder)
+    if not left or not left <= {cfg["_trial_id"] for cfg in todo}:
+        return False
+    write(f"confirmation: continuing the killed run's {len(left)} unfinished trials (from their last checkpoints; "
+          f"Tune state in {CONFIRM_DIR}/)")
+    fit(tune.Tuner.restore(folder, run.trainable, **RESUME), options, again=again)
+    return True
+
+
+def saved_run(folder: str) -> set[str] | None:
+    """The row ids a killed confirmation run saved in ``folder`` still has to run: the trials of Tune's newest
+    experiment state that had not ended (neither TERMINATED nor ERROR) and the planned ones its searcher had not
+    handed out (PlannedTrials.save). None when there is no such state, or no searcher state beside it (a
+    confirmation saved before PlannedTrials saved its own: it cannot be restored)."""
+    import pyarrow.fs as pafs
+
+    from results.files import resolve
+
+    fs, base = resolve(folder)
+    paths = {posixpath.basename(i.path): i.path for i in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))}
+    prefix, _, suffix = Searcher.CKPT_FILE_TMPL.partition("{}")
+
+    def newest(start: str, end: str) -> dict | None:
+        found = sorted(n for n in paths if n.startswith(start) and n.endswith(end))
+        if not found:
+            return None
+        with fs.open_input_stream(paths[found[-1]]) as f:
+            return json.loads(f.read())
+
+    state, searcher = newest("experiment_state-", ".json"), newest(prefix, suffix)
+    if state is None or searcher is None:
+        return None
+    left = {str(cfg["_trial_id"]) for cfg in searcher["configs"]}
+    for trial, _metadata in state["trial_data"]:
+        t = json.loads(trial)
+        if t.get("status") not in ("TERMINATED", "ERROR"):
+            left.add(str((t.get("config") or {}).get("_trial_id")))
+    return left
 
 
 class PlannedTrials(Searcher):
@@ -176,3 +235,13 @@ class PlannedTrials(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         pass  # the rows are the record (the trainable, EndWriter); nothing is told to Optuna
+
+    def save(self, checkpoint_path: str) -> None:
+        """The configs not handed out yet, as JSON (Tune saves it beside its experiment state; saved_run reads
+        it): a restored confirmation hands out exactly these."""
+        with open(checkpoint_path, "w") as f:
+            json.dump({"configs": self.configs}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path) as f:
+            self.configs = json.load(f)["configs"]

@@ -35,7 +35,7 @@ from .record import JOURNAL, OPTIONS_FILE, SweepOptions, SweepOptionsError
 from .resources import check_resources, check_storage, check_storage_here, default_gpus, init_ray
 
 __all__ = ["run_sweep", "start", "resume", "read_options", "write_options", "with_overrides", "extended",
-           "tune_folder", "RESUME", "Run", "prepare", "run_config", "fit", "launch", "new_tuner", "finish",
+           "study_name", "configurations_ended", "finishes_longer_search", "tune_folder", "RESUME", "Run", "prepare", "run_config", "fit", "launch", "new_tuner", "finish",
            "study_attrs", "Interrupted", "interruptible", "trial_dirname", "summarize"]
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,51 @@ def extended(options: SweepOptions, space: sp.Space, more: int) -> SweepOptions:
         raise UsageError("--trials", f"space {space.name!r} is a grid (one configuration per study): there is "
                                      "nothing more to search")
     k = int((options.tune_dir or "extend-0").rpartition("-")[2]) + 1
-    return dataclasses.replace(options, trials=options.trials + more, tune_dir=f"extend-{k}")
+    return dataclasses.replace(options, trials=options.trials + more, tune_dir=f"extend-{k}", extend_trials=more)
+
+
+def study_name(arch: str, method: str) -> str:
+    """The Optuna study of one (arch, method) of a sweep."""
+    return f"{arch}-{method}"
+
+
+def configurations_ended(experiment: str, options: SweepOptions, space: sp.Space) -> dict[str, int]:
+    """study -> how many of its configurations ended (every seed told: COMPLETE, FAIL or PRUNED), read from
+    the Optuna journal, the searcher's truth; 0 for a study (or a journal) not created yet. Writes nothing."""
+    import optuna
+
+    from .searcher import JournalMirror, open_storage
+
+    names = [study_name(arch, m) for arch in options.archs for m in space.methods]
+    path = experiment_path(experiment, options.optuna_storage)
+    if not exists(path):
+        return dict.fromkeys(names, 0)
+    storage = open_storage(JournalMirror(path).local)
+    known = set(optuna.get_all_study_names(storage))
+    return {name: sum(t.state.is_finished() for t in optuna.load_study(study_name=name, storage=storage)
+                      .get_trials(deepcopy=False)) if name in known else 0 for name in names}
+
+
+def finishes_longer_search(experiment: str, options: SweepOptions, space: sp.Space, more: int, name: str) -> bool:
+    """Whether ``resume NAME --trials more`` finishes an interrupted longer search instead of starting one.
+
+    The sweep's last run is unfinished when a study has fewer ended configurations than sweep.json's total.
+    If that run is the longer search of this same command (``resume NAME --trials more``, killed), re-running
+    the command finishes it (True; its trials continue from their checkpoints) rather than adding ``more`` on
+    top. Any other unfinished run is a UsageError naming --trials (run a plain resume first); none: False."""
+    planned = 1 if space.grid else options.trials
+    short = [(study, ended) for study, ended in configurations_ended(experiment, options, space).items()
+             if ended < planned]
+    if not short:
+        return False
+    if options.tune_dir and options.extend_trials == more:
+        return True
+    what = (f"the longer search of an earlier `resume {name} --trials {options.extend_trials}`"
+            if options.tune_dir and options.extend_trials else "the sweep's last run")
+    study, ended = short[0]
+    raise UsageError("--trials", f"{what} is unfinished ({study}: {ended} of {planned} configurations ended): "
+                                 f"run `python -m sweep resume {name}` first to finish it (its trials continue "
+                                 f"from their checkpoints), then `resume {name} --trials {more}` for more")
 
 
 def tune_folder(experiment: str, options: SweepOptions) -> str:
@@ -126,15 +170,23 @@ def resume(args: argparse.Namespace, write: Callable[[str], None]) -> str:
     validate_resume(args)
     experiment, options = read_options(args)
     space = without_params(sp.load_space(options.space), set(parse_set(list(options.set))))
+    longer = None
     if args.trials is not None:
-        options = extended(options, space, args.trials)
-    run_options = with_overrides(options, args)
+        longer = extended(options, space, args.trials)  # UsageError for a grid
+        if finishes_longer_search(experiment, options, space, args.trials, args.name):
+            write(f"finishing the interrupted longer search of `resume {args.name} --trials {args.trials}` "
+                  f"({options.trials} configurations per study, Tune state in {options.tune_dir}/): its trials "
+                  f"continue from their checkpoints and no more are added; give --trials {args.trials} again "
+                  "afterwards for more")
+            longer = None
+    run_options = with_overrides(longer or options, args)
     init_ray(run_options.local)
     check_resources(run_options.cpus_per_trial, run_options.gpus_per_trial, local=run_options.local)
-    if args.trials is not None:
-        # persisted before any trial: a killed longer search continues with a plain resume, to the new total
-        write_options(experiment, options)
-        write(f"a longer search: {options.trials} configurations per study (Tune state in {options.tune_dir}/)")
+    if longer is not None:
+        # persisted before any trial: a killed longer search continues with a plain resume (or the same
+        # command), to the new total
+        write_options(experiment, longer)
+        write(f"a longer search: {longer.trials} configurations per study (Tune state in {longer.tune_dir}/)")
         return launch(run_options, space, resume=False, write=write)
     options = run_options
     from .searcher import tune_trial_ids
@@ -228,7 +280,7 @@ def new_tuner(options: SweepOptions, space: sp.Space, run: Run, folder: str, tot
     from .searcher import MultiStudySearcher, StudySpec
 
     base, experiment = options.base, run.experiment
-    studies = [StudySpec(f"{arch}-{m}", {**base, "arch": arch, "method": m},
+    studies = [StudySpec(study_name(arch, m), {**base, "arch": arch, "method": m},
                          functools.partial(sp.suggest, space=space, method=m),
                          ("final_val_acc", "achieved_sparsity") if space.searches_sparsity(m)
                          else ("final_val_acc",), study_attrs(space, arch, m, base))
@@ -355,7 +407,7 @@ def _chosen_per_study(experiment: str) -> dict[str, tuple[int, float]]:
     out = {}
     for (arch, method), g in summary.groupby(["arch", "method"]):
         complete = g[g["state"] == "complete"]
-        out[f"{arch}-{method}"] = (len(complete), float(complete["final_val_acc_mean"].max())
+        out[study_name(arch, method)] = (len(complete), float(complete["final_val_acc_mean"].max())
                                    if len(complete) else math.nan)
     return out
 

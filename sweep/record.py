@@ -79,6 +79,9 @@ class SweepOptions:
     grid: bool = False  # the space is a grid (one configuration per study, nothing searched: sweep.spaces)
     sampler_startup_trials: int = 0  # SAMPLER_STARTUP[sampler] as the sweep ran (0: not recorded)
     tune_dir: str | None = None  # a longer search's Tune folder inside the experiment (extend-<k>), or None
+    # the N of the longer search (resume --trials N) whose Tune state is tune_dir: its target total is trials;
+    # 0 when there is none or it was not recorded (sweep.driver: the same command re-run finishes it)
+    extend_trials: int = 0
     confirm_seeds: tuple[int, ...] = ()  # python -m sweep confirm's seeds (JSON: "confirm": {"seeds": [...]})
     version: int = VERSION
 
@@ -201,6 +204,7 @@ PARSERS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "local": ("local", _flag), "cpus_per_trial": ("cpus_per_trial", _number(0, above=True)),
     "gpus_per_trial": ("gpus_per_trial", _number(0, above=False)), "optuna_storage": ("optuna_storage", _text),
     "reference": ("reference", _choice(METHODS)), "tune_dir": ("tune_dir", _optional_text),
+    "extend_trials": ("extend_trials", _integer(0)),
     "grid": ("grid", _flag), "sampler_startup_trials": ("sampler_startup_trials", _integer(0)),
     CONFIRM_KEY: ("confirm_seeds", _confirm),
 }

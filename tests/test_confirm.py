@@ -266,3 +266,55 @@ def test_confirm_killed_and_rerun_runs_exactly_the_chosen_configurations_on_fres
     assert "judged on confirmation seeds 1, 2" in text and "judged on the tuning seeds" in text
     summary = pd.read_csv(out / "tables" / "summary.csv", dtype={"seeds": str})
     assert summary["stage"].tolist() == ["confirmation", "tuning"] and summary["seeds"].tolist() == ["1,2", "0"]
+
+
+def _saved_trials(folder) -> list[tuple[str, str, dict]]:
+    """(status, row id, last result) of each trial in Tune's newest saved experiment state in ``folder``."""
+    states = sorted(folder.glob("experiment_state-*.json")) if folder.exists() else []
+    if not states:
+        return []
+    try:
+        data = json.loads(states[-1].read_text())
+    except ValueError:  # Tune writes it atomically, but read it again rather than trust a torn read
+        return []
+    out = []
+    for trial, metadata in data["trial_data"]:
+        t, m = json.loads(trial), json.loads(metadata)
+        out.append((t["status"], t["config"].get("_trial_id"), m.get("last_result") or {}))
+    return out
+
+
+@pytest.mark.slow
+def test_a_killed_confirm_continues_its_unfinished_trials_from_their_checkpoints(tmp_path):
+    """The confirm is SIGKILLed while a trial is mid-way (Tune saved it RUNNING with a per-epoch checkpoint,
+    no row yet). The re-run restores the confirm's Tune run: that trial continues from its checkpoint (its
+    last result: more iterations than since the restore) under its deterministic id, nothing is duplicated."""
+    from analysis.load import load_tables
+
+    _sweep("run", "--space", "compare", "--local", "--trials", "1", "--max-concurrent", "1",
+           "--storage", str(tmp_path), "--name", "r", *TINY, "--finetune-epochs", "3")  # 4 reports per trial
+    exp, rows = tmp_path / "r", tmp_path / "r" / "results" / "trials"
+    # Tune saves its experiment state every >= 10 s by default; a trial here lasts a few seconds: save often
+    env = {**ENV, "TUNE_GLOBAL_CHECKPOINT_S": "0.5"}
+    proc = subprocess.Popen([sys.executable, "-m", "sweep", "confirm", "r", "--seeds", "2", "--storage", str(tmp_path)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    mid, deadline = None, time.time() + 300
+    while mid is None and time.time() < deadline and proc.poll() is None:
+        mid = next((rid for status, rid, last in _saved_trials(exp / "confirm")
+                    if status == "RUNNING" and 1 <= last.get("training_iteration", 0) < 4
+                    and not list(rows.rglob(f"{rid}.parquet"))), None)
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(2)  # a worker of another process group may still finish writing a row
+    assert mid and not list(rows.rglob(f"{mid}.parquet")), "no trial was killed mid-way: the test tests nothing"
+    r = _sweep("confirm", "r", "--seeds", "2", "--storage", str(tmp_path))
+    assert "continuing the killed run's" in r.stdout + r.stderr, r.stdout
+    resumed = [last for _, rid, last in _saved_trials(exp / "confirm") if rid == mid]
+    assert resumed and resumed[-1]["training_iteration"] == 4, resumed
+    assert resumed[-1]["iterations_since_restore"] < 4, resumed[-1]  # continued from its checkpoint
+    trials = load_tables(str(exp)).trials
+    conf = trials[trials["stage"] == "confirmation"]
+    assert len(trials) == 6 and trials["trial_id"].is_unique and set(conf["status"]) == {"ok"}
+    assert mid in set(conf["trial_id"]) and sorted(conf["seed"]) == [1, 1, 2, 2]
+    assert (conf["epochs_run"] == trials.loc[trials["stage"] == "tuning", "epochs_run"].max()).all()
