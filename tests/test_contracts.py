@@ -52,8 +52,12 @@ def test_a_registered_method_is_a_name_and_its_module_registers_a_method(method)
 
 @pytest.mark.parametrize("kind", list(SETS))
 def test_a_registered_set_is_a_name_that_reads_its_own_fields(kind):
+    """Its module (named by its registry entry) exports SET, a maker of a SparsitySet from the prune config."""
+    from trainables.sparsity import SparsitySet
+
     assert NAME.fullmatch(kind), kind
     spec = registry.SETS[kind]
+    assert isinstance(SETS[kind](C.PruneConfig(sparsity_set=kind)), SparsitySet), spec.module
     assert set(spec.fields) <= {f.name for f in dataclasses.fields(C.PruneConfig)}
     assert spec.help in C.field_help()["sparsity_set"]
     # the set is built from its own fields: the others cannot change it

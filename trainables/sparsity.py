@@ -1,16 +1,18 @@
-"""Sparsity sets, exact Euclidean projections onto them, masks and the per-layer report.
+"""Sparsity sets (the registry seen from trainables), masks and the per-layer report.
 
 Pure tensor functions (after torch.nn.utils.prune): each takes tensors and returns new tensors.
 
-Projection onto a cardinality set keeps the largest-magnitude entries and zeroes the rest; that is the
-exact Euclidean projection. Tie rule (deterministic): among equal magnitudes the entry with the LOWER flat
-index is kept (a stable descending sort). For the global set the order is (tensor order, flat index).
+A sparsity set is its module (the built-in ones: trainables/sparsity_sets/, ``base.py`` with the SparsitySet
+contract and the tie rule) and its entry in ``vocabulary/registry.py`` SETS naming that module; nothing else
+names it. ``SETS`` is the registry seen from here: name -> the module's ``SET``, a maker from the PruneConfig
+that reads only the set's own fields. The trial builds its set with ``sparsity_set``, never by name.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import importlib
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
 import torch
@@ -20,6 +22,16 @@ from vocabulary import registry
 from vocabulary.config import PruneConfig
 from results import schema
 from trainables.models import first_conv_name
+from trainables.sparsity_sets.base import SparsitySet, keep_count, topk_mask
+from trainables.sparsity_sets.global_ import GlobalSet
+from trainables.sparsity_sets.nm import NMSet
+from trainables.sparsity_sets.uniform import UniformSet
+
+__all__ = ["SETS", "GlobalSet", "NMSet", "SetMaker", "SparsitySet", "UniformSet", "apply_masks_", "keep_count",
+           "layer_report", "make_sparsity_set", "prunable_parameters", "sparsity_set", "summarize", "topk_mask",
+           "weight_histogram"]
+
+SetMaker = Callable[[PruneConfig], SparsitySet]  # a set module's SET: builds the set from the prune config
 
 
 def prunable_parameters(model: nn.Module, *, prune_first_conv: bool = False) -> list[tuple[str, nn.Parameter]]:
@@ -35,129 +47,28 @@ def prunable_parameters(model: nn.Module, *, prune_first_conv: bool = False) -> 
     return out
 
 
-def _keep_count(numel: int, sparsity: float) -> int:
-    return numel - math.floor(sparsity * numel)
+class _Registry(Mapping):
+    """vocabulary.registry.SETS seen from trainables: name -> the maker (``SET``) its module registers.
+
+    Resolved on access, so a set's module may import this one (a newcomer's set imports SparsitySet here)."""
+
+    def __getitem__(self, name: str) -> SetMaker:
+        module = registry.SETS[name].module
+        maker = importlib.import_module(module).SET
+        if not callable(maker):
+            raise TypeError(f"sparsity set {name}: {module}.SET is not a maker (PruneConfig -> SparsitySet)")
+        return maker
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(registry.SETS)
+
+    def __len__(self) -> int:
+        return len(registry.SETS)
 
 
-def _topk_mask(flat_abs: Tensor, k: int) -> Tensor:
-    """Bool mask of the k largest entries of a 1-D tensor; ties keep the lower index (stable sort)."""
-    order = torch.sort(flat_abs, descending=True, stable=True).indices
-    mask = torch.zeros_like(flat_abs, dtype=torch.bool)
-    mask[order[:k]] = True
-    return mask
-
-
-class SparsitySet:
-    """A sparsity set S over a list of tensors.
-
-    Contract (tests/test_contracts.py runs it on every set in SETS):
-
-    - ``masks(tensors)`` returns one bool tensor per input (same shape, True = kept) defining the Euclidean
-      projection onto S with the module's tie rule;
-    - ``project`` returns new tensors ``t * mask`` (inputs are not modified); projecting twice changes nothing;
-    - ``kept_count(tensors)`` is the exact number of entries the masks keep, in all: the one source of the
-      kept count (the trial checks the pruned model against it; never recompute it elsewhere);
-    - ``target_sparsities`` gives the fraction of zeros S imposes per tensor (for the layer report);
-    - ``sparsity`` is the overall fraction of zeros S imposes, 1 - kept / total.
-    Stateless and picklable.
-    """
-
-    def masks(self, tensors: list[Tensor]) -> list[Tensor]:
-        raise NotImplementedError
-
-    def kept_count(self, tensors: list[Tensor]) -> int:
-        raise NotImplementedError
-
-    def target_sparsities(self, tensors: list[Tensor]) -> list[float]:
-        raise NotImplementedError
-
-    def sparsity(self, tensors: list[Tensor]) -> float:
-        total = sum(t.numel() for t in tensors)
-        return 1.0 - self.kept_count(tensors) / total if total else 0.0
-
-    def project(self, tensors: list[Tensor]) -> list[Tensor]:
-        return [t * m for t, m in zip(tensors, self.masks(tensors))]
-
-
-class UniformSet(SparsitySet):
-    """Each tensor keeps exactly n - floor(s*n) of its n weights, its largest by magnitude."""
-
-    def __init__(self, level: float):
-        self.level = level  # the nominal sparsity, a fraction in [0, 1)
-
-    def masks(self, tensors):
-        return [_topk_mask(t.detach().abs().flatten(), _keep_count(t.numel(), self.level)).view_as(t)
-                for t in tensors]
-
-    def kept_count(self, tensors):
-        return sum(_keep_count(t.numel(), self.level) for t in tensors)
-
-    def target_sparsities(self, tensors):
-        return [1.0 - _keep_count(t.numel(), self.level) / t.numel() for t in tensors]
-
-
-class GlobalSet(SparsitySet):
-    """One threshold over all tensors: keep N - floor(s*N) largest of the concatenation."""
-
-    def __init__(self, level: float):
-        self.level = level  # the nominal sparsity, a fraction in [0, 1)
-
-    def masks(self, tensors):
-        if not tensors:
-            return []
-        flat = torch.cat([t.detach().abs().flatten() for t in tensors])
-        mask = _topk_mask(flat, _keep_count(flat.numel(), self.level))
-        return [m.view_as(t) for m, t in zip(mask.split([t.numel() for t in tensors]), tensors)]
-
-    def kept_count(self, tensors):
-        return _keep_count(sum(t.numel() for t in tensors), self.level)
-
-    def target_sparsities(self, tensors):
-        # the per-tensor split is decided by the weights; the set fixes only the overall fraction
-        return [self.sparsity(tensors) for _ in tensors]
-
-
-class NMSet(SparsitySet):
-    """Keep the n largest of every m consecutive weights along the input dimension (dim 1).
-
-    Conv [out, in, kh, kw] groups run over ``in`` at each (out, kh, kw); Linear [out, in] over ``in``.
-    Tensors whose input dimension is not divisible by m (depthwise convs, in=1) stay dense: their target
-    sparsity is 0, which the layer report shows.
-    """
-
-    def __init__(self, n: int = 2, m: int = 4):
-        self.n, self.m = n, m
-        self.level = 1.0 - n / m  # on the layers it applies to; overall less (see sparsity())
-
-    def _supported(self, t: Tensor) -> bool:
-        return t.dim() >= 2 and t.shape[1] % self.m == 0
-
-    def masks(self, tensors):
-        return [self._mask(t) if self._supported(t) else torch.ones_like(t, dtype=torch.bool) for t in tensors]
-
-    def _mask(self, t: Tensor) -> Tensor:
-        moved = t.detach().abs().movedim(1, -1)  # [out, kh, kw, in]
-        groups = moved.reshape(-1, self.m)  # [out*kh*kw*in/m, m]
-        order = torch.sort(groups, dim=1, descending=True, stable=True).indices
-        keep = torch.zeros_like(groups, dtype=torch.bool)
-        keep.scatter_(1, order[:, : self.n], True)
-        return keep.reshape(moved.shape).movedim(-1, 1)
-
-    def kept_count(self, tensors):
-        return sum(t.numel() // self.m * self.n if self._supported(t) else t.numel() for t in tensors)
-
-    def target_sparsities(self, tensors):
-        return [1.0 - self.n / self.m if self._supported(t) else 0.0 for t in tensors]
-
-
-# The registry: vocabulary/registry.py SETS declares exactly these names (tests/test_contracts.py checks it)
-# with the PruneConfig fields each reads; the contract tests run on every entry. A maker builds its set from
-# the prune config, reading only its own fields.
-SETS: dict[str, Callable[[PruneConfig], SparsitySet]] = {
-    "uniform": lambda p: UniformSet(p.sparsity),
-    "global": lambda p: GlobalSet(p.sparsity),
-    "nm": lambda p: NMSet(p.nm_n, p.nm_m),
-}
+# The registry: vocabulary/registry.py SETS declares each set (its help, its module, the PruneConfig fields it
+# reads); the contract tests (tests/test_contracts.py) run on every entry.
+SETS: Mapping[str, SetMaker] = _Registry()
 
 
 def sparsity_set(prune: PruneConfig, level: float | None = None) -> SparsitySet:
@@ -168,7 +79,7 @@ def sparsity_set(prune: PruneConfig, level: float | None = None) -> SparsitySet:
 def make_sparsity_set(kind: str, sparsity: float = 0.5, **fields: Any) -> SparsitySet:
     """The sparsity set ``kind`` (a key of SETS) at ``sparsity`` in [0, 1) (ignored by sets that do not read
     it, nm), with other fields of its own (``nm_n=2, nm_m=4``); unvalidated: for tests and benchmarks."""
-    if kind not in SETS:
+    if kind not in registry.SETS:
         raise ValueError(f"sparsity_set: {kind!r} is not one of {', '.join(SETS)}")
     foreign = sorted(set(fields) - set(registry.SETS[kind].fields))
     if foreign:

@@ -3,8 +3,9 @@
 Torch-free declarations (no torch, no Ray, no pandas), so every package can read them: ``vocabulary.config``
 takes the method and set names, the fields a method owns and the ``--method`` / ``--sparsity-set`` help from
 here; ``results.schema`` takes the epochs table's method columns from ``Metric`` declarations. A method's
-behaviour (its class, its maker, its pre-training checks) lives in the module its entry names; registering a
-method is one entry in METHODS below, nothing else (docs/ARCHITECTURE.md, "How to add ...").
+behaviour (its class, its maker, its pre-training checks) lives in the module its entry names, a sparsity
+set's (its SparsitySet class and maker) likewise; registering a method or a set is one entry in METHODS or SETS
+below, nothing else (docs/ARCHITECTURE.md, "How to add ...").
 """
 
 from __future__ import annotations
@@ -52,11 +53,17 @@ class MethodSpec:
 
 @dataclass(frozen=True)
 class SetSpec:
-    """One sparsity set, torch-free: ``help`` (one line for ``--sparsity-set``) and the PruneConfig ``fields``
-    it reads (its implementation: ``trainables.sparsity.SETS``, a maker from the PruneConfig)."""
+    """One sparsity set, torch-free.
+
+    - ``help``: one line; the ``--sparsity-set`` help lists it.
+    - ``module``: the module that implements it; its ``SET`` is the maker of a ``trainables.sparsity.SparsitySet``
+      from the PruneConfig. Named, not imported: trainables resolves it (``trainables.sparsity.SETS``).
+    - ``fields``: the PruneConfig fields it reads (its maker reads no other).
+    """
 
     help: str
-    fields: tuple[str, ...]
+    module: str
+    fields: tuple[str, ...] = ()
 
 
 # The pruning methods, in the order the tables show them.
@@ -86,11 +93,14 @@ DEFAULT_REFERENCE = "magnitude"
 # the sweep's, and the report's "essentially random search" caution compares a study's size with it.
 SAMPLER_STARTUP = {"tpe": 10, "gp": 10, "nsga2": 50}
 
-# The sparsity sets.
+# The sparsity sets (the --sparsity-set choices, in this order).
 SETS: dict[str, SetSpec] = {
-    "uniform": SetSpec("sparsity in every prunable layer", ("sparsity",)),
-    "global": SetSpec("one magnitude threshold over all prunable layers", ("sparsity",)),
-    "nm": SetSpec("N:M groups: nm_n of every nm_m weights along the input dimension", ("nm_n", "nm_m")),
+    "uniform": SetSpec("sparsity in every prunable layer", module="trainables.sparsity_sets.uniform",
+                       fields=("sparsity",)),
+    "global": SetSpec("one magnitude threshold over all prunable layers", module="trainables.sparsity_sets.global_",
+                      fields=("sparsity",)),
+    "nm": SetSpec("N:M groups: nm_n of every nm_m weights along the input dimension",
+                  module="trainables.sparsity_sets.nm", fields=("nm_n", "nm_m")),
 }
 
 

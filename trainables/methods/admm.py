@@ -14,6 +14,9 @@ from vocabulary.config import ConfigError, PruneConfig
 from trainables.methods.base import Method, PruningMethod
 from trainables.sparsity import SparsitySet
 
+__all__ = ["ADMM", "METHOD", "MIN_ADMM_UPDATES", "Project", "admm_schedule", "admm_update", "check_admm_schedule",
+           "effective_admm_updates", "make_admm", "rescale_dual"]
+
 Project = Callable[[list[Tensor]], list[Tensor]]
 MIN_ADMM_UPDATES = 2  # Z/U updates that must act on W (come before the phase's last step); DESIGN rule 12
 

@@ -16,6 +16,9 @@ from torch import Tensor
 from vocabulary.config import PruneConfig
 from trainables.sparsity import SparsitySet
 
+__all__ = ["Check", "Dense", "FixedMask", "Maker", "MaskedFinetune", "Method", "PruningMethod", "float_masks",
+           "no_check"]
+
 
 class PruningMethod:
     """Hooks the training loop (trainables.trial) calls; ``params`` are the prunable parameters.

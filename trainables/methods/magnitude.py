@@ -13,6 +13,9 @@ from vocabulary.config import ConfigError, PruneConfig
 from trainables.methods.base import FixedMask, Method, PruningMethod, float_masks
 from trainables.sparsity import SparsitySet
 
+__all__ = ["GradualMagnitude", "MAGNITUDE_SCHEDULES", "METHOD", "Magnitude", "OneShotMagnitude", "PerStepMagnitude",
+           "check_gradual_schedule", "gradual_sparsity", "make_magnitude"]
+
 
 def gradual_sparsity(step: int, total_steps: int, final: float, initial: float = 0.0) -> float:
     """Zhu & Gupta (2017) cubic schedule: s_t = s_f + (s_i - s_f) (1 - t/T)^3, t clamped to [0, T]."""
