@@ -199,7 +199,8 @@ def saved_run(folder: str) -> set[str] | None:
     from results.files import resolve
 
     fs, base = resolve(folder)
-    paths = {posixpath.basename(i.path): i.path for i in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))}
+    infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    paths = {posixpath.basename(i.path): i.path for i in infos}
     prefix, _, suffix = Searcher.CKPT_FILE_TMPL.partition("{}")
 
     def newest(start: str, end: str) -> dict | None:

@@ -35,7 +35,8 @@ from .record import JOURNAL, OPTIONS_FILE, SweepOptions, SweepOptionsError
 from .resources import check_resources, check_storage, check_storage_here, default_gpus, init_ray
 
 __all__ = ["run_sweep", "start", "resume", "read_options", "write_options", "with_overrides", "extended",
-           "study_name", "configurations_ended", "finishes_longer_search", "tune_folder", "RESUME", "Run", "prepare", "run_config", "fit", "launch", "new_tuner", "finish",
+           "study_name", "configurations_ended", "finishes_longer_search", "tune_folder", "RESUME", "Run", "prepare",
+           "run_config", "fit", "launch", "new_tuner", "finish",
            "study_attrs", "Interrupted", "interruptible", "trial_dirname", "summarize"]
 
 log = logging.getLogger(__name__)

@@ -309,10 +309,10 @@ def test_a_killed_confirm_continues_its_unfinished_trials_from_their_checkpoints
     time.sleep(2)  # a worker of another process group may still finish writing a row
     assert mid and not list(rows.rglob(f"{mid}.parquet")), "no trial was killed mid-way: the test tests nothing"
     r = _sweep("confirm", "r", "--seeds", "2", "--storage", str(tmp_path))
-    assert "continuing the killed run's" in r.stdout + r.stderr, r.stdout
     resumed = [last for _, rid, last in _saved_trials(exp / "confirm") if rid == mid]
     assert resumed and resumed[-1]["training_iteration"] == 4, resumed
     assert resumed[-1]["iterations_since_restore"] < 4, resumed[-1]  # continued from its checkpoint
+    assert "continuing the killed run's" in r.stdout + r.stderr, r.stdout
     trials = load_tables(str(exp)).trials
     conf = trials[trials["stage"] == "confirmation"]
     assert len(trials) == 6 and trials["trial_id"].is_unique and set(conf["status"]) == {"ok"}
