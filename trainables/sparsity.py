@@ -11,8 +11,7 @@ that reads only the set's own fields. The trial builds its set with ``sparsity_s
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
@@ -22,6 +21,7 @@ from vocabulary import registry
 from vocabulary.config import PruneConfig
 from results import schema
 from trainables.models import first_conv_name
+from trainables.registered import Registered
 from trainables.sparsity_sets.base import SparsitySet, keep_count, topk_mask
 from trainables.sparsity_sets.global_ import GlobalSet
 from trainables.sparsity_sets.nm import NMSet
@@ -47,28 +47,11 @@ def prunable_parameters(model: nn.Module, *, prune_first_conv: bool = False) -> 
     return out
 
 
-class _Registry(Mapping):
-    """vocabulary.registry.SETS seen from trainables: name -> the maker (``SET``) its module registers.
-
-    Resolved on access, so a set's module may import this one (a newcomer's set imports SparsitySet here)."""
-
-    def __getitem__(self, name: str) -> SetMaker:
-        module = registry.SETS[name].module
-        maker = importlib.import_module(module).SET
-        if not callable(maker):
-            raise TypeError(f"sparsity set {name}: {module}.SET is not a maker (PruneConfig -> SparsitySet)")
-        return maker
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(registry.SETS)
-
-    def __len__(self) -> int:
-        return len(registry.SETS)
-
-
 # The registry: vocabulary/registry.py SETS declares each set (its help, its module, the PruneConfig fields it
-# reads); the contract tests (tests/test_contracts.py) run on every entry.
-SETS: Mapping[str, SetMaker] = _Registry()
+# reads); the contract tests (tests/test_contracts.py) run on every entry. Resolved on access (Registered), so
+# a set's module may import this one (a newcomer's set imports SparsitySet here).
+SETS: Mapping[str, SetMaker] = Registered(lambda: registry.SETS, "SET", "a maker (PruneConfig -> SparsitySet)",
+                                          callable)
 
 
 def sparsity_set(prune: PruneConfig, level: float | None = None) -> SparsitySet:

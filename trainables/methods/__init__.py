@@ -8,8 +8,7 @@ builds a method with ``make_method`` and checks a configuration with ``check_met
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Callable
 
 from vocabulary import registry
@@ -20,6 +19,7 @@ from trainables.methods.base import (Dense, FixedMask, MaskedFinetune, Method, P
                                      no_check)
 from trainables.methods.magnitude import (MAGNITUDE_SCHEDULES, GradualMagnitude, Magnitude, OneShotMagnitude,
                                           PerStepMagnitude, check_gradual_schedule, gradual_sparsity)
+from trainables.registered import Registered
 from trainables.sparsity import SparsitySet, sparsity_set
 
 __all__ = ["ADMM", "MAGNITUDE_SCHEDULES", "METHODS", "MIN_ADMM_UPDATES", "Dense", "FixedMask", "GradualMagnitude",
@@ -29,23 +29,9 @@ __all__ = ["ADMM", "MAGNITUDE_SCHEDULES", "METHODS", "MIN_ADMM_UPDATES", "Dense"
            "no_check", "rescale_dual"]
 
 
-class _Registry(Mapping):
-    """vocabulary.registry.METHODS seen from trainables: name -> the ``Method`` its module registers."""
-
-    def __getitem__(self, name: str) -> Method:
-        method = importlib.import_module(registry.METHODS[name].module).METHOD
-        if not isinstance(method, Method):
-            raise TypeError(f"method {name}: {registry.METHODS[name].module}.METHOD is not a Method record")
-        return method
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(registry.METHODS)
-
-    def __len__(self) -> int:
-        return len(registry.METHODS)
-
-
-METHODS: Mapping[str, Method] = _Registry()
+# vocabulary.registry.METHODS seen from trainables: name -> the ``Method`` its module registers
+METHODS: Mapping[str, Method] = Registered(lambda: registry.METHODS, "METHOD", "a Method record",
+                                          lambda value: isinstance(value, Method))
 
 
 def make_method(prune: PruneConfig, sset: SparsitySet,
