@@ -43,8 +43,10 @@ def variants(methods=None):
 
 
 def refused(name: str, kind: str) -> bool:
-    """The combinations the config refuses (gradual + nm: an n:m pattern has one fixed sparsity)."""
-    return kind == "nm" and name == "magnitude:gradual"
+    """The combinations the config refuses (gradual + a set whose pattern fixes the level, nm)."""
+    from vocabulary import registry
+
+    return registry.SETS[kind].fixed_level and name == "magnitude:gradual"
 
 
 def build(prune: dict, kind: str, level: float = 0.5):

@@ -190,10 +190,14 @@ class PruneConfig:
             _range("admm_interval", self.admm_interval, 1, 1_000_000, kind=int)
         else:
             _range("admm_interval", self.admm_interval, 0.0, 10_000, lo_open=True)
-        if self.method == "magnitude" and self.schedule == "gradual" and self.sparsity_set == "nm":
-            # a cubic ramp of the sparsity has no meaning for a fixed n:m pattern
-            raise ConfigError("schedule", "gradual needs sparsity_set uniform or global (an n:m pattern has one "
-                                          "fixed sparsity); use per_step or one_shot with nm")
+        fixed = registry.SETS[self.sparsity_set].fixed_level
+        if self.method == "magnitude" and self.schedule == "gradual" and fixed:
+            # a cubic ramp of the sparsity has no meaning for a set whose pattern fixes the level (n:m)
+            names = [n for n, spec in registry.SETS.items() if not spec.fixed_level]
+            ramped = " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
+            raise ConfigError("schedule", f"gradual needs a sparsity_set that reads sparsity ({ramped}): "
+                                          f"{self.sparsity_set} has one fixed sparsity; use per_step or one_shot "
+                                          f"with {self.sparsity_set}")
 
     @property
     def nominal_sparsity(self) -> float:

@@ -65,6 +65,12 @@ class SetSpec:
     module: str
     fields: tuple[str, ...] = ()
 
+    @property
+    def fixed_level(self) -> bool:
+        """True when the set does not read ``sparsity``: its pattern fixes the level (N:M keeps n of m), so a
+        schedule that ramps the sparsity has no meaning with it."""
+        return "sparsity" not in self.fields
+
 
 # The pruning methods, in the order the tables show them.
 METHODS: dict[str, MethodSpec] = {
