@@ -28,3 +28,14 @@ def sweep_set_args(cfg: dict) -> list[str]:
     return [a for key, value in cfg.items() for a in ("--set", f"{key}={value}")]
 
 SHARED_RAY_CPUS = 2  # the CPUs of the session's shared local Ray (conftest.py's ray_session)
+
+
+def register(monkeypatch, table: str, line: str, name: str):
+    """Run ``line`` (a newcomer's one registration line) against a copy of ``vocabulary.registry.<table>``
+    (METHODS or SETS), restored after the test; returns the entry ``name`` it added."""
+    from vocabulary import registry
+
+    entries = dict(getattr(registry, table))
+    monkeypatch.setattr(registry, table, entries)
+    exec(line, {**vars(registry), table: entries})
+    return entries[name]

@@ -198,17 +198,8 @@ def test_the_same_resume_trials_rerun_after_a_kill_finishes_it_instead_of_adding
 
 @pytest.mark.slow
 def test_a_longer_search_killed_and_resumed_keeps_the_new_total_and_redoes_nothing(tmp_path):
-    from optuna.trial import TrialState
-
     exp, rows, first = _killed_longer_search(tmp_path)
     _sweep("resume", "k", "--storage", str(tmp_path))  # plain: continues the longer search to the new total
-    trials = pd.read_parquet(rows)
-    assert len(trials) == 3 and trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
-    assert sorted(trials["optuna_trial"]) == [0, 1, 2]
-    assert {p.name: p.stat().st_mtime_ns for p in rows.rglob("*.parquet") if p.name in first} == first  # not redone
-    study = _study(exp)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
-    assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) == 3  # the sampler went on, no repeats
-    assert sorted(t.user_attrs["ray_trial_0"] for t in study.trials) == sorted(trials["trial_id"])
+    _check_the_longer_search(exp, rows, first)
     _sweep("resume", "k", "--storage", str(tmp_path))  # a later plain resume keeps the total: nothing to run
     assert len(pd.read_parquet(rows)) == 3 and json.loads((exp / "sweep.json").read_text())["trials"] == 3

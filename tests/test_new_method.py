@@ -18,6 +18,8 @@ import sys
 
 import pytest
 
+from helpers import register
+
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
 
@@ -30,12 +32,7 @@ REGISTRATION = ('METHODS["random"] = MethodSpec(help="random pruning: a mask dra
 @pytest.fixture
 def registered(monkeypatch):
     """REGISTRATION run against the registry (a copy of METHODS, restored after the test)."""
-    from vocabulary import registry
-
-    methods = dict(registry.METHODS)
-    monkeypatch.setattr(registry, "METHODS", methods)
-    exec(REGISTRATION, {**vars(registry), "METHODS": methods})
-    return methods["random"]
+    return register(monkeypatch, "METHODS", REGISTRATION, "random")
 
 
 def _config(**overrides):

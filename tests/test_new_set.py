@@ -19,6 +19,8 @@ import sys
 
 import pytest
 
+from helpers import register
+
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
 
@@ -30,12 +32,7 @@ REGISTRATION = ('SETS["row"] = SetSpec(help="sparsity in every output row (a con
 @pytest.fixture
 def registered(monkeypatch):
     """REGISTRATION run against the registry (a copy of SETS, restored after the test)."""
-    from vocabulary import registry
-
-    sets = dict(registry.SETS)
-    monkeypatch.setattr(registry, "SETS", sets)
-    exec(REGISTRATION, {**vars(registry), "SETS": sets})
-    return sets["row"]
+    return register(monkeypatch, "SETS", REGISTRATION, "row")
 
 
 def test_trainables_resolves_it_and_builds_it_from_its_own_fields(registered):
